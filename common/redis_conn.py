@@ -1,0 +1,42 @@
+"""Redis clients built from settings: standalone or cluster, sync (ingest) or asyncio (fanout).
+
+Timeouts are always set: a Redis that hangs must turn into an error the caller can answer (503
+at ingest, a reconnect loop at fanout), never into a request that waits forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from common.config import RedisSettings
+
+
+def sync_client(s: RedisSettings, *, url: str | None = None, retries: int = 1) -> Any:
+    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``)."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": s.socket_timeout,
+        "socket_connect_timeout": s.connect_timeout,
+        "health_check_interval": 30,
+    }
+    if s.cluster:
+        return redis.RedisCluster.from_url(url or s.url, **kwargs)
+    kwargs["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries)
+    return redis.Redis.from_url(url or s.url, **kwargs)
+
+
+def async_client(s: RedisSettings, *, url: str | None = None, blocking: bool = False) -> Any:
+    """An asyncio client. ``blocking=True`` drops the socket timeout for connections that wait
+    on purpose (pub/sub, blocking reads); they rely on keepalive and health checks instead."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": None if blocking else s.socket_timeout,
+        "socket_connect_timeout": s.connect_timeout,
+        "socket_keepalive": True,
+    }
+    if s.cluster:
+        return redis.asyncio.RedisCluster.from_url(url or s.url, **kwargs)
+    return redis.asyncio.Redis.from_url(url or s.url, **kwargs)

@@ -1,0 +1,1 @@
+"""Local development stack: ``vski-realtime dev``, embedded Redis, CLI helpers, console page."""

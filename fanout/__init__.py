@@ -1,0 +1,1 @@
+"""Fanout tier: client WebSockets out, events read from Redis."""

@@ -1,0 +1,1 @@
+"""Ingest tier: VSKI webhooks in (HTTP, Falcon under gunicorn), events stored in Redis."""

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the ingest tier.
+
+Under gunicorn every worker is a process; with ``PROMETHEUS_MULTIPROC_DIR`` set (the gunicorn
+config sets it) each worker writes its samples to that folder and ``/metrics`` sums them, so the
+counters add up across workers whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+WEBHOOKS = Counter(
+    "vski_ingest_webhooks_total", "Webhooks answered, by outcome (stored, duplicate, error code)",
+    ["outcome"],
+)
+LATENCY = Histogram(
+    "vski_ingest_webhook_seconds", "Time to answer a webhook",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REDIS_ERRORS = Counter("vski_ingest_redis_errors_total", "Redis calls that failed or timed out")
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics text: summed over all workers when running under gunicorn."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,24 @@
+"""WSGI entry point for gunicorn: ``ingest.wsgi:app`` (settings read from the environment)."""
+
+from __future__ import annotations
+
+from common.auth import TokenVerifier
+from common.logs import get_logger, setup_logging
+from common.redis_conn import sync_client
+from ingest.app import create_app
+from ingest.settings import load_ingest
+from ingest.store import EventStore
+
+settings = load_ingest()
+setup_logging(settings.common.log_format, settings.common.log_level)
+_store = EventStore(
+    sync_client(settings.common.redis),
+    settings.common.retention,
+    prefix=settings.common.redis.key_prefix,
+    dedupe_ttl_ms=settings.dedupe_ttl_ms,
+    wait_replicas=settings.wait_replicas,
+    wait_timeout_ms=settings.wait_timeout_ms,
+)
+_verifier = TokenVerifier(settings.common.jwt) if settings.require_auth else None
+app = create_app(settings, _store, _verifier)
+get_logger("ingest").debug("worker_app_loaded")

@@ -1,0 +1,1 @@
+"""Real-process test support: Redis servers, ingest and fanout processes, tokens, ports."""
