@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("vski_fanout_connections", "Open client WebSocket connections")
 CONNECTIONS_TOTAL = Counter(
-    "vski_fanout_connections_total", "Connection attempts by outcome", ["outcome"]
+    "vski_fanout_connection_attempts_total", "Connection attempts by outcome", ["outcome"]
 )
 SUBSCRIPTIONS = Gauge("vski_fanout_subscriptions", "Live (connection, collection) subscriptions")
 STREAMS = Gauge("vski_fanout_streams", "Collections this node reads from Redis")
@@ -20,16 +20,20 @@ SLOW_CLOSES = Counter(
     "vski_fanout_slow_client_closes_total", "Clients closed for exceeding the send buffer cap"
 )
 REPLAY_EVENTS = Histogram(
-    "vski_fanout_replay_events", "Events replayed per SUBSCRIBE with lastId",
+    "vski_fanout_replay_events",
+    "Events replayed per SUBSCRIBE with lastId",
     buckets=(0, 1, 10, 100, 1000, 10000, 100000),
 )
 NOT_RECOVERED = Counter(
     "vski_fanout_not_recovered_total", "SUBSCRIBEs whose lastId could not be honoured"
 )
 READ_LAG = Histogram(
-    "vski_fanout_read_lag_seconds", "Redis append time to this node reading the event",
+    "vski_fanout_read_lag_seconds",
+    "Redis append time to this node reading the event",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 REDIS_RECONNECTS = Counter("vski_fanout_redis_reconnects_total", "Redis read connection re-opens")
 CLIENT_ERRORS = Counter("vski_fanout_client_errors_total", "ERROR frames sent, by code", ["code"])
-CLOSES = Counter("vski_fanout_closes_total", "Connections closed by the server, by reason", ["reason"])
+CLOSES = Counter(
+    "vski_fanout_closes_total", "Connections closed by the server, by reason", ["reason"]
+)

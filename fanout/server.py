@@ -1,0 +1,246 @@
+"""The node's listening socket: HTTP checks before the upgrade, then one Session per WebSocket.
+
+Everything that can be refused is refused before the WebSocket upgrade, in ``process_request``
+(cheap, and the SDK sees a plain HTTP status): unknown paths (404), missing or invalid tokens
+(401), bad ``db`` names (400), a full or draining node (503 with Retry-After), and plain HTTP
+GETs on the WebSocket path (426). ``/health``, ``/ready`` and ``/metrics`` are answered on the
+same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from common.auth import AuthError, Claims, TokenVerifier, bearer_token
+from common.keys import InvalidName, check_name
+from common.logs import get_logger, redact
+from fanout import metrics
+from fanout.session import CLOSE_SERVICE_RESTART, GroupsPort, HubPort, Session
+from fanout.settings import FanoutSettings
+
+log = get_logger("fanout.server")
+
+REALTIME_PATH = "/api/realtime"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What process_request learned about an accepted request, handed to the handler."""
+
+    db: str
+    claims: Claims
+
+
+class NodeConnection(ServerConnection):
+    """A ServerConnection that carries its admission from the HTTP check to the handler."""
+
+    admission: Admission | None = None
+
+
+class ReadinessPort(HubPort, Protocol):
+    def readiness(self) -> tuple[bool, str]: ...
+
+
+def json_response(status: int, body: dict[str, Any], **headers: str) -> Response:
+    data = json.dumps(body).encode()
+    hdrs = Headers()
+    hdrs["Content-Type"] = "application/json"
+    hdrs["Content-Length"] = str(len(data))
+    hdrs["Cache-Control"] = "no-store"
+    for name, value in headers.items():
+        hdrs[name.replace("_", "-")] = value
+    return Response(status, http.HTTPStatus(status).phrase, hdrs, data)
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> Response:
+    return json_response(status, {"error": code, "message": message}, **headers)
+
+
+class FanoutServer:
+    def __init__(
+        self,
+        settings: FanoutSettings,
+        hub: ReadinessPort,
+        groups: GroupsPort | None = None,
+        *,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.groups = groups
+        self.verifier = verifier or TokenVerifier(settings.common.jwt)
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._server: Server | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        self._server = await serve(
+            self._handler,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            create_connection=NodeConnection,
+            compression=s.compression,
+            max_size=s.max_frame_bytes,
+            max_queue=16,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
+            close_timeout=min(5.0, s.drain_seconds / 2),
+            open_timeout=s.open_timeout,
+            server_header="vski-fanout",
+            backlog=4096,
+        )
+        log.info("listening", bind=s.bind, compression=s.compression or "off")
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every connection with 1012, return within ``timeout``."""
+        if self._server is None:
+            return
+        timeout = self.settings.drain_seconds if timeout is None else timeout
+        self.draining = True
+        count = len(self.sessions)
+        log.info("draining", connections=count, timeout_s=timeout)
+        for session in self.sessions:
+            session.closing = True
+            session.close_reason = "service restart"
+        self._server.close(code=CLOSE_SERVICE_RESTART, reason="service restart")
+        try:
+            async with asyncio.timeout(max(0.1, timeout - 0.5)):
+                await self._server.wait_closed()
+        except TimeoutError:
+            left = list(self._server.all_connections)
+            log.warning("drain_timeout_abort", connections=len(left))
+            for conn in left:
+                with contextlib.suppress(Exception):
+                    conn.transport.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.4):
+                    await self._server.wait_closed()
+        metrics.CLOSES.labels("service_restart").inc(count)
+        log.info("drained", connections=count)
+
+    # ------------------------------------------------------------------ HTTP before the upgrade
+
+    async def _process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
+        try:
+            return self._check(conn, request)
+        except Exception:
+            log.exception("process_request_failed", path=redact(request.path))
+            return error_response(500, "internal_error", "the server failed to handle the request")
+
+    def _check(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        path = url.path.rstrip("/") or "/"
+        if path == "/health":
+            return json_response(200, {"status": "ok"})
+        if path == "/ready":
+            return self._ready()
+        if path == "/metrics":
+            return self._metrics()
+        if path != REALTIME_PATH:
+            return error_response(404, "not_found", f"no such path: use {REALTIME_PATH}")
+        try:
+            params = dict(parse_qsl(url.query, keep_blank_values=True, max_num_fields=20))
+        except ValueError:
+            return self._refuse(400, "bad_request", "too many query parameters")
+        token = params.get("auth") or bearer_token(request.headers.get("Authorization"))
+        try:
+            claims = self.verifier.verify(token)
+        except AuthError as exc:
+            return self._refuse(401, exc.code, exc.message, WWW_Authenticate="Bearer")
+        if claims.expires_at is not None and (
+            claims.expires_at + self.settings.expiry_grace_seconds <= time.time()
+        ):
+            # accepted within the JWT leeway, but the connection would be closed at once
+            return self._refuse(401, "token_expired", "token has expired: get a new one")
+        db = params.get("db") or "postgres"
+        try:
+            check_name("database", db)
+        except InvalidName as exc:
+            return self._refuse(400, "invalid_name", str(exc))
+        if self.draining:
+            return self._refuse(
+                503, "draining", "this node is restarting: connect to another", Retry_After="1"
+            )
+        if len(self.sessions) >= self.settings.max_connections:
+            return self._refuse(
+                503,
+                "node_full",
+                f"this node holds its maximum of {self.settings.max_connections} connections",
+                Retry_After="5",
+            )
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return self._refuse(
+                426,
+                "upgrade_required",
+                f"{REALTIME_PATH} speaks WebSocket only: connect with a WebSocket client "
+                "(the VSKI SDK), not plain HTTP",
+                Upgrade="websocket",
+            )
+        if isinstance(conn, NodeConnection):
+            conn.admission = Admission(db=db, claims=claims)
+        return None
+
+    def _refuse(self, status: int, code: str, message: str, **headers: str) -> Response:
+        metrics.CONNECTIONS_TOTAL.labels(code).inc()
+        log.info("connection_refused", status=status, code=code)
+        return error_response(status, code, message, **headers)
+
+    def _ready(self) -> Response:
+        if self.draining:
+            return json_response(503, {"status": "draining"})
+        try:
+            ok, detail = self.hub.readiness()
+        except Exception as exc:
+            ok, detail = False, f"readiness check failed: {type(exc).__name__}"
+        if ok:
+            return json_response(200, {"status": "ready", "redis": detail or "ok"})
+        return json_response(503, {"status": "not_ready", "redis": detail})
+
+    def _metrics(self) -> Response:
+        data = generate_latest(REGISTRY)
+        hdrs = Headers()
+        hdrs["Content-Type"] = CONTENT_TYPE_LATEST
+        hdrs["Content-Length"] = str(len(data))
+        return Response(200, "OK", hdrs, data)
+
+    # ------------------------------------------------------------------ one WebSocket
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        admission = conn.admission if isinstance(conn, NodeConnection) else None
+        if admission is None:  # cannot happen: process_request admits every upgrade
+            await conn.close(1011, "not admitted")
+            return
+        session = Session(
+            conn, admission.db, admission.claims, self.hub, self.settings, self.groups
+        )
+        self.sessions.add(session)
+        metrics.CONNECTIONS.inc()
+        metrics.CONNECTIONS_TOTAL.labels("accepted").inc()
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            metrics.CONNECTIONS.dec()

@@ -1,0 +1,84 @@
+"""Fanout node settings (``FANOUT_*``) on top of the shared ones.
+
+Every limit that protects the node from one client (frame size, subscriptions, message rate,
+buffered bytes) or protects the machine (connections, drain time) is here, with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.config import CommonSettings, ConfigError, _Env, load_common
+
+
+@dataclass(frozen=True)
+class FanoutSettings:
+    common: CommonSettings
+    bind: str = "0.0.0.0:8080"
+    max_frame_bytes: int = 64 * 1024
+    max_subscriptions: int = 100
+    client_rate: float = 50.0  # client messages/s per connection (token bucket refill)
+    client_burst: int = 200  # bucket size: the SDK sends one SUBSCRIBE per collection on open
+    max_connections: int = 20_000
+    max_buffer_bytes: int = 1024 * 1024  # send buffer per connection before 4008 slow consumer
+    slow_close_seconds: float = 1.0  # how long a slow consumer's close may take before abort
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    compression: str | None = None  # None or "deflate"
+    drain_seconds: float = 10.0
+    expiry_grace_seconds: float = 0.0  # connections close at token exp + this
+    open_timeout: float = 10.0
+    replay_page: int = 500  # events per XRANGE page and per replay frame
+    max_frame_events: int = 100  # live events batched into one frame
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0] or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+
+def _optional_seconds(e: _Env, name: str, default: float) -> float | None:
+    """A keepalive setting where 0 means off."""
+    value = e.float(name, default)
+    return value or None
+
+
+def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
+    env = os.environ if env is None else env
+    e = _Env(env)
+    common = load_common(env)
+    bind = e.str("FANOUT_BIND", "0.0.0.0:8080")
+    _host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"FANOUT_BIND={bind!r} must be host:port (e.g. 0.0.0.0:8080)")
+    compression = e.str("FANOUT_COMPRESSION", "none").lower()
+    if compression not in ("none", "off", "deflate"):
+        raise ConfigError(
+            f"FANOUT_COMPRESSION={compression!r} must be none or deflate "
+            "(deflate costs ~3x CPU per client and ~33 KB per connection)"
+        )
+    rate = e.float("FANOUT_CLIENT_RATE", 50.0, minimum=0.1)
+    return FanoutSettings(
+        common=common,
+        bind=bind,
+        max_frame_bytes=e.int("FANOUT_MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
+        max_subscriptions=e.int("FANOUT_MAX_SUBSCRIPTIONS", 100, minimum=1),
+        client_rate=rate,
+        client_burst=e.int("FANOUT_CLIENT_BURST", max(200, int(rate * 4)), minimum=1),
+        max_connections=e.int("FANOUT_MAX_CONNECTIONS", 20_000, minimum=1),
+        max_buffer_bytes=e.int("FANOUT_MAX_BUFFER_BYTES", 1024 * 1024, minimum=16 * 1024),
+        slow_close_seconds=e.float("FANOUT_SLOW_CLOSE_SECONDS", 1.0, minimum=0.01),
+        ping_interval=_optional_seconds(e, "FANOUT_PING_INTERVAL", 20.0),
+        ping_timeout=_optional_seconds(e, "FANOUT_PING_TIMEOUT", 20.0),
+        compression="deflate" if compression == "deflate" else None,
+        drain_seconds=e.float("FANOUT_DRAIN_SECONDS", 10.0, minimum=0.1),
+        expiry_grace_seconds=e.float("FANOUT_EXPIRY_GRACE_SECONDS", 0.0),
+        open_timeout=e.float("FANOUT_OPEN_TIMEOUT", 10.0, minimum=0.1),
+        replay_page=e.int("FANOUT_REPLAY_PAGE", 500, minimum=1),
+        max_frame_events=e.int("FANOUT_MAX_FRAME_EVENTS", 100, minimum=1),
+    )
