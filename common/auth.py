@@ -74,7 +74,7 @@ class TokenVerifier:
 
     def _decode(self, token: str, now: float) -> Claims:
         s = self.settings
-        options: dict[str, Any] = {"require": ["exp"] if s.require_exp else []}
+        options: Any = {"require": ["exp"] if s.require_exp else []}
         if s.audience is None:
             options["verify_aud"] = False
         last_error: Exception | None = None

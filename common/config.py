@@ -7,6 +7,7 @@ lists every variable read here.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,14 +21,16 @@ class _Env:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self.env.get(name, default).strip() or default
 
-    def opt(self, name: str) -> str | None:
+    def opt(self, name: builtins.str) -> builtins.str | None:
         value = self.env.get(name, "").strip()
         return value or None
 
-    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0
+    ) -> builtins.int:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -39,7 +42,9 @@ class _Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, minimum: builtins.float = 0.0
+    ) -> builtins.float:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -51,7 +56,7 @@ class _Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.env.get(name, "").strip().lower()
         if not raw:
             return default
@@ -61,7 +66,7 @@ class _Env:
             return False
         raise ConfigError(f"{name}={raw!r} must be true or false")
 
-    def list(self, name: str) -> list[str]:
+    def list(self, name: builtins.str) -> builtins.list[builtins.str]:
         raw = self.env.get(name, "")
         return [item.strip() for item in raw.split(",") if item.strip()]
 
@@ -106,7 +111,9 @@ class CommonSettings:
     dev_mode: bool = False
 
 
-def load_common(env: Mapping[str, str] | None = None, *, require_secret: bool = True) -> CommonSettings:
+def load_common(
+    env: Mapping[str, str] | None = None, *, require_secret: bool = True
+) -> CommonSettings:
     e = _Env(os.environ if env is None else env)
     dev_mode = e.bool("VSKI_DEV", False)
     secrets = [s for s in [e.opt("JWT_SECRET"), *e.list("JWT_PREVIOUS_SECRETS")] if s]

@@ -25,7 +25,11 @@ class InvalidName(ValueError):
 def check_name(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid name, else raise InvalidName saying what is allowed."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80]) + "..."
+        shown = (
+            repr(value)
+            if not isinstance(value, str) or len(value) <= 80
+            else repr(value[:80]) + "..."
+        )
         raise InvalidName(f"{kind} name {shown} is invalid: use {NAME_RULE}")
     return value
 

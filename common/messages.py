@@ -91,9 +91,7 @@ def decode_webhook(body: bytes) -> Webhook:
         raise MessageError("invalid_payload", "record must be a JSON object or null")
     if record == b"null" and action != "delete":
         raise MessageError("invalid_payload", f"record is required for a {action} event")
-    record_id = payload.id
-    if isinstance(record_id, int) and not isinstance(record_id, bool):
-        record_id = str(record_id)
+    record_id = payload.id if payload.id is None else str(payload.id)
     if record_id is not None and len(record_id) > 256:
         raise MessageError("invalid_payload", "id is longer than 256 characters")
     if payload.timestamp is not None and len(payload.timestamp) > 64:
@@ -113,7 +111,7 @@ def decode_webhook(body: bytes) -> Webhook:
 
 class Subscribe(msgspec.Struct, tag="SUBSCRIBE", tag_field="type", frozen=True):
     collection: str
-    lastId: str | None = None  # noqa: N815 - wire name
+    lastId: str | None = None
     group: str | None = None
 
 
@@ -136,7 +134,7 @@ MAX_CLIENT_FRAME_HINT = 64 * 1024
 def decode_client_message(frame: str | bytes) -> ClientMessage:
     """Decode one client frame; raise MessageError (code for the ERROR frame) if it is not one."""
     try:
-        msg = _client_decoder.decode(frame)
+        msg: ClientMessage = _client_decoder.decode(frame)
     except msgspec.ValidationError as exc:
         text = str(exc)
         if "$.type" in text or "missing required field `type`" in text:

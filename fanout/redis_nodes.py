@@ -1,0 +1,355 @@
+"""Redis connections of a fanout node: a command client and sharded pub/sub listeners.
+
+Each collection has a sharded channel (``SSUBSCRIBE``) in its own slot. A node holds one pub/sub
+connection per Redis node that owns channels it needs — one in standalone mode, one per master
+on a cluster — never one per collection and never one per client. When a listener's connection
+breaks or its slot moves (the server pushes ``sunsubscribe``), the listener reconnects or the
+channel is re-routed, and the hub is told to catch those collections up from their streams.
+
+Reads go to ``REDIS_READ_URL`` when set (a regional replica: it holds the same stream ids and
+receives the sharded messages through replication), else to ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from common.config import RedisSettings
+from common.logs import get_logger
+from common.redis_conn import async_client
+from fanout import metrics
+
+log = get_logger("fanout.redis")
+
+Batch = list[tuple[str, bytes]]  # (channel, payload) in arrival order
+OnBatch = Callable[[Batch], None]
+OnResync = Callable[[Iterable[str]], None]
+
+MAX_DRAIN = 512  # notifications taken from one socket read burst before delivering
+
+
+class Listener:
+    """Sharded pub/sub on one Redis node, read by one task."""
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        on_batch: OnBatch,
+        on_resync: OnResync,
+        on_moved: Callable[[str], None],
+        ping_interval: float,
+        on_broken: Callable[[Listener], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.on_batch = on_batch
+        self.on_resync = on_resync
+        self.on_moved = on_moved
+        self.on_broken = on_broken
+        self.ping_interval = ping_interval
+        self.channels: set[str] = set()
+        self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.connected = False
+        self.last_ok = time.monotonic()
+        self.last_error: str | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"listener:{self.name}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._drop_pubsub()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    async def add(self, channel: str, timeout: float) -> None:
+        """Subscribe and wait until Redis confirms, so that reads made afterwards on another
+        connection cannot miss an event that was announced before the subscription."""
+        self.channels.add(channel)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm[channel] = fut
+        self.start()
+        if self._pubsub is not None and self.connected:
+            try:
+                await self._pubsub.ssubscribe(channel)
+            except (redis.RedisError, OSError) as exc:
+                self._fail(exc)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            if self._confirm.get(channel) is fut and fut.done():
+                self._confirm.pop(channel, None)
+
+    async def remove(self, channel: str) -> None:
+        self.channels.discard(channel)
+        fut = self._confirm.pop(channel, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        if self._pubsub is not None and self.connected:
+            try:
+                await self._pubsub.sunsubscribe(channel)
+            except (redis.RedisError, OSError) as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+
+    async def _drop_pubsub(self) -> None:
+        ps, self._pubsub = self._pubsub, None
+        self.connected = False
+        if ps is not None:
+            with contextlib.suppress(Exception):
+                await ps.aclose()
+
+    async def _connect(self) -> None:
+        await self._drop_pubsub()
+        ps = self.client.pubsub()
+        self._pubsub = ps
+        channels = list(self.channels)
+        if channels:
+            await ps.ssubscribe(*channels)
+        else:
+            await ps.ping()  # open the connection so health reflects reality
+        self.connected = True
+        self.last_ok = time.monotonic()
+        self.last_error = None
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        first = True
+        while not self._closing:
+            try:
+                if not self.channels:
+                    self._wake.clear()
+                    if self._pubsub is not None:
+                        await self._drop_pubsub()
+                    self.connected = True  # nothing to read is not a failure
+                    await self._wake.wait()
+                    continue
+                await self._connect()
+                if not first:
+                    metrics.REDIS_RECONNECTS.inc()
+                    log.info("listener_reconnected", node=self.name, channels=len(self.channels))
+                # whatever was announced while we were not listening is read from the streams
+                self.on_resync(list(self.channels))
+                first = False
+                backoff = 0.05
+                await self._read_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._fail(exc)
+                log.warning("listener_error", node=self.name, error=self.last_error)
+                await self._drop_pubsub()
+                if self.on_broken is not None:
+                    self.on_broken(self)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _read_loop(self) -> None:
+        ps = self._pubsub
+        last_ping = time.monotonic()
+        ping_outstanding = False
+        while not self._closing and self.channels:
+            msg = await ps.get_message(timeout=self.ping_interval / 2)
+            now = time.monotonic()
+            if msg is None:
+                if ping_outstanding and now - last_ping > self.ping_interval * 2:
+                    raise TimeoutError("no PONG from Redis: pub/sub connection is stale")
+                if now - last_ping >= self.ping_interval:
+                    await ps.ping()
+                    last_ping = now
+                    ping_outstanding = True
+                continue
+            self.last_ok = now
+            batch: Batch = []
+            while msg is not None:
+                kind = msg["type"]
+                if kind == "smessage":
+                    ch = msg["channel"]
+                    batch.append((ch.decode() if isinstance(ch, bytes) else ch, msg["data"]))
+                elif kind == "pong":
+                    ping_outstanding = False
+                else:
+                    self._control(kind, msg.get("channel"))
+                if len(batch) >= MAX_DRAIN:
+                    break
+                msg = await ps.get_message(timeout=0)
+            if batch:
+                self.on_batch(batch)
+
+    def _control(self, kind: str, channel: Any) -> None:
+        if channel is None:
+            return
+        ch = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "ssubscribe":
+            fut = self._confirm.pop(ch, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif kind == "sunsubscribe" and ch in self.channels:
+            # not asked for: the slot moved to another node (resharding or failover)
+            self.channels.discard(ch)
+            self.on_moved(ch)
+
+    def healthy(self, max_silence: float) -> tuple[bool, str]:
+        if not self.connected:
+            return False, f"{self.name}: {self.last_error or 'connecting'}"
+        if self.channels and time.monotonic() - self.last_ok > max_silence:
+            return False, f"{self.name}: no reply from Redis for {max_silence:.0f}s"
+        return True, "ok"
+
+
+class RedisNodes:
+    """The node's Redis: ``cmd`` for stream reads, and listeners routed by channel slot."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        on_batch: OnBatch,
+        on_resync: OnResync,
+        *,
+        ping_interval: float = 5.0,
+        subscribe_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.on_batch = on_batch
+        self.on_resync = on_resync
+        self.ping_interval = ping_interval
+        self.subscribe_timeout = subscribe_timeout
+        url = settings.read_url or settings.url
+        self.cluster = settings.cluster
+        self.cmd: Any = async_client(settings, url=url)
+        self._listeners: dict[str, Listener] = {}
+        self._route: dict[str, str] = {}  # channel -> listener name
+        self._url = url
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self.cluster:
+            await self.cmd.initialize()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for lst in list(self._listeners.values()):
+            await lst.close()
+        with contextlib.suppress(Exception):
+            await self.cmd.aclose()
+
+    def _listener_for(self, channel: str) -> Listener:
+        if self.cluster:
+            node = self.cmd.get_node_from_key(channel)
+            name = f"{node.host}:{node.port}"
+        else:
+            name = "main"
+        lst = self._listeners.get(name)
+        if lst is None:
+            if self.cluster:
+                host, port = name.rsplit(":", 1)
+                client = redis.asyncio.Redis(
+                    host=host,
+                    port=int(port),
+                    socket_connect_timeout=self.settings.connect_timeout,
+                    socket_keepalive=True,
+                    socket_timeout=None,
+                )
+            else:
+                client = async_client(self.settings, url=self._url, blocking=True)
+            lst = Listener(
+                name,
+                client,
+                self.on_batch,
+                self.on_resync,
+                self._moved,
+                self.ping_interval,
+                self._broken if self.cluster else None,
+            )
+            self._listeners[name] = lst
+        return lst
+
+    async def subscribe(self, channel: str) -> None:
+        lst = self._listener_for(channel)
+        self._route[channel] = lst.name
+        await lst.add(channel, self.subscribe_timeout)
+
+    async def unsubscribe(self, channel: str) -> None:
+        name = self._route.pop(channel, None)
+        lst = self._listeners.get(name) if name else None
+        if lst is not None:
+            await lst.remove(channel)
+
+    def _moved(self, channel: str) -> None:
+        task = asyncio.create_task(self._reroute(channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _broken(self, lst: Listener) -> None:
+        """A cluster node stopped answering: after a failover its slots have a new owner."""
+        if getattr(self, "_rechecking", False):
+            return
+        self._rechecking = True
+        task = asyncio.create_task(self._recheck_routes(lst))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recheck_routes(self, lst: Listener) -> None:
+        try:
+            await self.cmd.nodes_manager.initialize()
+        except Exception as exc:
+            log.warning("cluster_refresh_failed", error=str(exc)[:200])
+            return
+        finally:
+            self._rechecking = False
+        for channel in list(lst.channels):
+            node = self.cmd.get_node_from_key(channel)
+            if f"{node.host}:{node.port}" != lst.name:
+                await lst.remove(channel)
+                self._moved(channel)
+
+    async def _reroute(self, channel: str) -> None:
+        """A slot moved: refresh the cluster map, subscribe on the new owner, catch up."""
+        delay = 0.05
+        while channel in self._route:
+            try:
+                if self.cluster:
+                    await self.cmd.nodes_manager.initialize()
+                await self.subscribe(channel)
+                log.info("channel_rerouted", channel=channel, node=self._route.get(channel))
+                self.on_resync([channel])
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reroute_failed", channel=channel, error=str(exc)[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def health(self) -> tuple[bool, str]:
+        max_silence = self.ping_interval * 3
+        for lst in self._listeners.values():
+            ok, why = lst.healthy(max_silence)
+            if not ok:
+                return False, why
+        return True, "ok"
+
+    def listener_names(self) -> list[str]:
+        return list(self._listeners)
