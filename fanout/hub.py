@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +86,7 @@ class Stream:
     seq: int = 0
     ms: int = 0
     members: set[Any] = field(default_factory=set)
+    watchers: set[Callable[[], None]] = field(default_factory=set)  # told of each new batch
     joining: int = 0  # subscribes in progress (keep the stream tracked meanwhile)
     initialized: bool = False
     ready: asyncio.Future[None] | None = None
@@ -190,6 +191,22 @@ class Hub:
         self._maybe_linger(stream)
         return True
 
+    async def watch(
+        self, database: str, collection: str, callback: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``callback`` (sync, cheap) whenever new events of the collection arrive; used by
+        consumer groups to wake their readers without a blocking read per group. Returns the
+        function that stops watching."""
+        keys = collection_keys(database, collection, self.prefix)
+        stream = await self._track(keys)
+        stream.watchers.add(callback)
+
+        def unwatch() -> None:
+            stream.watchers.discard(callback)
+            self._maybe_linger(stream)
+
+        return unwatch
+
     def subscription_count(self, member: Member) -> int:
         return len(self.member_streams.get(member, ()))
 
@@ -241,7 +258,7 @@ class Hub:
         stream.ms = int(ms or 0)
 
     def _maybe_linger(self, stream: Stream) -> None:
-        if stream.members or stream.joining or stream.linger is not None:
+        if stream.members or stream.watchers or stream.joining or stream.linger is not None:
             return
         if self.streams.get(stream.keys.channel) is not stream:
             return
@@ -250,7 +267,8 @@ class Hub:
 
     def _untrack(self, stream: Stream) -> None:
         stream.linger = None
-        if stream.members or stream.joining or self.streams.get(stream.keys.channel) is not stream:
+        busy = stream.members or stream.watchers or stream.joining
+        if busy or self.streams.get(stream.keys.channel) is not stream:
             return
         del self.streams[stream.keys.channel]
         metrics.STREAMS.set(len(self.streams))
@@ -358,7 +376,7 @@ class Hub:
                 # a new epoch: Redis lost the collection's data and started over
                 self._flush(stream, ready)
                 ready = []
-                log.warning(
+                (log.warning if stream.epoch else log.info)(
                     "epoch_changed",
                     collection=stream.keys.collection,
                     old=stream.epoch,
@@ -382,7 +400,14 @@ class Hub:
         self._flush(stream, ready)
 
     def _flush(self, stream: Stream, events: list[tuple[str, bytes]]) -> None:
-        if not events or not stream.members:
+        if not events:
+            return
+        for callback in list(stream.watchers):
+            try:
+                callback()
+            except Exception:
+                log.exception("watcher_failed", collection=stream.keys.collection)
+        if not stream.members:
             return
         frame = event_frame(stream.keys.collection, events)
         limit = self.settings.max_buffer_bytes
