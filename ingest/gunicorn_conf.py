@@ -1,4 +1,8 @@
-"""gunicorn configuration of the ingest tier, every value from the environment (INGEST_*)."""
+"""gunicorn configuration of the ingest tier, every value from the environment (INGEST_*).
+
+``vski-ingest`` passes this file to gunicorn; settings were already validated by
+:func:`ingest.settings.load_ingest` so a bad value stops the start with a clear message.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import tempfile
 from typing import Any
 
 from common.config import ConfigError
+from common.logs import get_logger, setup_logging
 from ingest.settings import load_ingest
 
 try:
@@ -17,16 +22,24 @@ except ConfigError as _exc:  # pragma: no cover - printed by gunicorn at start
 
 bind = [_s.bind]
 workers = _s.workers
-worker_class = "sync"
+worker_class = _s.worker_class
+threads = _s.threads
 timeout = _s.timeout
 graceful_timeout = _s.graceful_timeout
 keepalive = _s.keepalive
 limit_request_line = 8190
 limit_request_fields = 100
+limit_request_field_size = 16384
 accesslog = None
 errorlog = "-"
 loglevel = _s.common.log_level
 proc_name = "vski-ingest"
+# gunicorn 25+ opens a control socket at one fixed path per user by default, which several
+# instances on one host would fight over: off unless INGEST_CONTROL_SOCKET names a path
+if _s.control_socket:
+    control_socket = _s.control_socket
+else:
+    control_socket_disable = True
 
 # Prometheus multiprocess mode: each worker writes samples here, /metrics sums them.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -37,12 +50,17 @@ else:
 
 
 def on_starting(server: Any) -> None:
-    if _s.common.dev_mode and not _s.require_auth:
-        server.log.warning("INGEST_REQUIRE_AUTH=false: webhooks are accepted WITHOUT a token")
-    elif not _s.require_auth:
-        server.log.warning(
-            "INGEST_REQUIRE_AUTH=false: webhooks are accepted WITHOUT a token; "
-            "do not run this in production"
+    setup_logging(_s.common.log_format, _s.common.log_level)
+    log = get_logger("ingest")
+    log.info(
+        "ingest_starting", bind=_s.bind, workers=_s.workers, worker_class=_s.worker_class,
+        threads=_s.threads, wait_replicas=_s.wait_replicas,
+    )
+    if not _s.require_auth:
+        log.warning(
+            "auth_disabled",
+            message="INGEST_REQUIRE_AUTH=false: webhooks are accepted WITHOUT a token; "
+            "never run this in production",
         )
 
 

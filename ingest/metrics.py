@@ -8,6 +8,8 @@ counters add up across workers whichever worker answers the scrape.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,14 +21,29 @@ from prometheus_client import (
 )
 
 WEBHOOKS = Counter(
-    "vski_ingest_webhooks_total", "Webhooks answered, by outcome (stored, duplicate, error code)",
+    "vski_ingest_webhooks_total",
+    "Webhooks answered, by outcome (stored, duplicate, or the error code)",
     ["outcome"],
 )
 LATENCY = Histogram(
-    "vski_ingest_webhook_seconds", "Time to answer a webhook",
+    "vski_ingest_webhook_seconds", "Time to answer a webhook (inside the worker)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 REDIS_ERRORS = Counter("vski_ingest_redis_errors_total", "Redis calls that failed or timed out")
+REPLICATION_TIMEOUTS = Counter(
+    "vski_ingest_replication_timeouts_total",
+    "Webhooks answered 503 because fewer replicas than INGEST_WAIT_REPLICAS confirmed in time",
+)
+
+# bound once: the success path should not look up label children per request
+STORED = WEBHOOKS.labels("stored")
+DUPLICATE = WEBHOOKS.labels("duplicate")
+
+
+@lru_cache(maxsize=64)
+def outcome(code: str) -> Any:
+    """The counter child of one error code (codes are a small fixed set)."""
+    return WEBHOOKS.labels(code)
 
 
 def render() -> tuple[bytes, str]:

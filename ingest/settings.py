@@ -1,4 +1,4 @@
-"""Ingest settings (``INGEST_*``) on top of the shared ones."""
+"""Ingest settings (``INGEST_*``) on top of the shared ones, validated once at start."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from dataclasses import dataclass
 
 from common.config import CommonSettings, ConfigError, _Env, load_common
 
+WORKER_CLASSES = ("sync", "gthread")
+
 
 @dataclass(frozen=True)
 class IngestSettings:
     common: CommonSettings
     bind: str = "0.0.0.0:8000"
     workers: int = 4
+    worker_class: str = "sync"
+    threads: int = 1
     timeout: int = 30
     graceful_timeout: int = 20
     keepalive: int = 5
@@ -23,23 +27,39 @@ class IngestSettings:
     wait_replicas: int = 0
     wait_timeout_ms: int = 100
     rate_limit: float = 0.0  # webhooks/s per sender IP per worker; 0 = off
-    rate_burst: int = 0
+    rate_burst: int = 1
+    control_socket: str | None = None  # gunicorn's control socket; None = disabled
 
 
 def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
+    """Read and check every ``INGEST_*`` setting; raise ConfigError naming the variable."""
     env = os.environ if env is None else env
     e = _Env(env)
     require_auth = e.bool("INGEST_REQUIRE_AUTH", True)
     common = load_common(env, require_secret=require_auth)
     bind = e.str("INGEST_BIND", "0.0.0.0:8000")
-    if ":" not in bind and not bind.startswith("unix:"):
-        raise ConfigError(f"INGEST_BIND={bind!r} must be host:port (e.g. 0.0.0.0:8000)")
+    if not bind.startswith("unix:"):
+        _host, sep, port = bind.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"INGEST_BIND={bind!r} must be host:port (e.g. 0.0.0.0:8000) or unix:/path"
+            )
+    worker_class = e.str("INGEST_WORKER_CLASS", "sync").lower()
+    if worker_class not in WORKER_CLASSES:
+        raise ConfigError(
+            f"INGEST_WORKER_CLASS={worker_class!r} must be one of {', '.join(WORKER_CLASSES)}"
+        )
+    threads = e.int("INGEST_THREADS", 4 if worker_class == "gthread" else 1, minimum=1)
     rate = e.float("INGEST_RATE_LIMIT", 0.0)
+    wait_replicas = e.int("INGEST_WAIT_REPLICAS", 0)
+    timeout = e.int("INGEST_TIMEOUT", 30, minimum=1)
     return IngestSettings(
         common=common,
         bind=bind,
         workers=e.int("INGEST_WORKERS", 4, minimum=1),
-        timeout=e.int("INGEST_TIMEOUT", 30, minimum=1),
+        worker_class=worker_class,
+        threads=threads,
+        timeout=timeout,
         graceful_timeout=e.int("INGEST_GRACEFUL_TIMEOUT", 20, minimum=1),
         keepalive=e.int("INGEST_KEEPALIVE", 5, minimum=0),
         max_body_bytes=e.int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=256),
@@ -47,8 +67,9 @@ def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
         dedupe_ttl_ms=int(
             e.float("DEDUPE_TTL_SECONDS", common.retention.max_age_ms / 1000, minimum=1) * 1000
         ),
-        wait_replicas=e.int("INGEST_WAIT_REPLICAS", 0),
+        wait_replicas=wait_replicas,
         wait_timeout_ms=e.int("INGEST_WAIT_TIMEOUT_MS", 100, minimum=1),
         rate_limit=rate,
         rate_burst=e.int("INGEST_RATE_BURST", max(1, int(rate * 2)), minimum=1),
+        control_socket=e.opt("INGEST_CONTROL_SOCKET"),
     )

@@ -4,6 +4,10 @@ Dedupe and append are one step, so concurrent retries of one webhook store one e
 its id; trimming (by age and by count) happens on every append, so no cron job is needed and
 memory stays bounded; the stream and its dedupe markers expire with retention, so collections
 that go quiet cost nothing.
+
+With ``wait_replicas`` the script and ``WAIT`` are sent in one non-transactional pipeline, so they
+are guaranteed to run on the same connection (``WAIT`` only counts the writes of its own
+connection). On Redis Cluster the pipeline goes to the node that owns the collection's slot.
 """
 
 from __future__ import annotations
@@ -15,18 +19,24 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from common.config import RetentionSettings
 from common.keys import collection_keys
 from common.messages import Webhook
 
 APPEND_LUA = resources.files("ingest").joinpath("append.lua").read_text()
+APPEND_SHA = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     id: str
     duplicate: bool
+
+
+class ReplicationTimeout(Exception):
+    """The event is on the primary but fewer replicas than asked confirmed it in time."""
 
 
 def dedupe_digest(hook: Webhook) -> str:
@@ -48,6 +58,11 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+def _is_redirect(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, ResponseError) and text.startswith(("MOVED", "ASK"))
+
+
 class EventStore:
     def __init__(
         self,
@@ -65,49 +80,79 @@ class EventStore:
         self.dedupe_ttl_ms = dedupe_ttl_ms or retention.max_age_ms
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self._script = client.register_script(APPEND_LUA)
+        self.cluster = isinstance(client, redis.RedisCluster)
+        # constant per process: built once instead of on every append
+        self._tail_args = (
+            retention.max_age_ms,
+            retention.max_len,
+            retention.meta_ttl_ms,
+            self.dedupe_ttl_ms,
+        )
 
     def append(self, hook: Webhook) -> AppendResult:
+        """Store ``hook`` (or find the event an earlier delivery of it stored).
+
+        Raises ``redis.RedisError``/``OSError`` when Redis is unavailable (nothing was stored: the
+        script is atomic) and :class:`ReplicationTimeout` when replicas did not confirm in time.
+        """
         keys = collection_keys(hook.database, hook.collection, self.prefix)
-        result = self._script(
-            keys=[keys.stream, keys.meta, keys.dedupe(dedupe_digest(hook)), keys.channel],
-            args=[
-                hook.data_json(),
-                new_epoch(),
-                self.retention.max_age_ms,
-                self.retention.max_len,
-                self.retention.meta_ttl_ms,
-                self.dedupe_ttl_ms,
-            ],
+        argv = (
+            keys.stream, keys.meta, keys.dedupe(dedupe_digest(hook)), keys.channel,
+            hook.data_json(), new_epoch(), *self._tail_args,
         )
+        if self.wait_replicas > 0:
+            result, acked = self._append_and_wait(keys.stream, argv)
+        else:
+            result, acked = self._evalsha(self.client, argv), None
         created, event_id = int(result[0]), result[1]
         if isinstance(event_id, bytes):
             event_id = event_id.decode()
-        if created and self.wait_replicas > 0:
-            self._wait_for_replicas(keys.stream)
+        if acked is not None and acked < self.wait_replicas:
+            raise ReplicationTimeout(
+                f"event {'stored' if created else 'found'} on the primary but only {acked} of "
+                f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms"
+            )
         return AppendResult(id=event_id, duplicate=not created)
 
-    def _wait_for_replicas(self, key: str) -> None:
-        acked = self._wait(key)
-        if acked < self.wait_replicas:
-            raise ReplicationTimeout(
-                f"event stored on the primary but only {acked} of {self.wait_replicas} replicas "
-                f"confirmed within {self.wait_timeout_ms} ms"
-            )
+    @staticmethod
+    def _evalsha(client: Any, argv: tuple[Any, ...]) -> Any:
+        try:
+            return client.evalsha(APPEND_SHA, 4, *argv)
+        except NoScriptError:
+            # first use on this server, or Redis restarted and lost its script cache
+            client.script_load(APPEND_LUA)
+            return client.evalsha(APPEND_SHA, 4, *argv)
 
-    def _wait(self, key: str) -> int:
-        if isinstance(self.client, redis.RedisCluster):
-            node = self.client.get_node_from_key(key)
-            return int(
-                self.client.execute_command(
-                    "WAIT", self.wait_replicas, self.wait_timeout_ms, target_nodes=node
-                )
-            )
-        return int(self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms))
+    def _append_and_wait(self, stream_key: str, argv: tuple[Any, ...]) -> tuple[Any, int]:
+        """EVALSHA + WAIT on one connection. A duplicate waits too: its event may have been
+        stored by a delivery that timed out before the replicas confirmed it."""
+        target = self.client
+        if self.cluster:
+            target = self.client.get_node_from_key(stream_key).redis_connection
+        try:
+            return self._pipeline_once(target, argv)
+        except ResponseError as exc:
+            if not (self.cluster and _is_redirect(exc)):
+                raise
+            # the slot moved (resharding, failover): learn the new layout and try once more
+            self.client.nodes_manager.initialize()
+            target = self.client.get_node_from_key(stream_key).redis_connection
+            return self._pipeline_once(target, argv)
+
+    def _pipeline_once(self, target: Any, argv: tuple[Any, ...]) -> tuple[Any, int]:
+        for attempt in (1, 2):
+            pipe = target.pipeline(transaction=False)
+            pipe.evalsha(APPEND_SHA, 4, *argv)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            result, acked = pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError) and attempt == 1:
+                target.script_load(APPEND_LUA)
+                continue
+            for item in (result, acked):
+                if isinstance(item, Exception):
+                    raise item
+            return result, int(acked)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def ping(self) -> bool:
         return bool(self.client.ping())
-
-
-class ReplicationTimeout(Exception):
-    """The event is on the primary but fewer replicas than asked confirmed it in time."""
