@@ -538,16 +538,27 @@ class Hub:
                 log.exception("sweep_failed")
 
     async def _sweep(self) -> None:
-        for channel, stream in list(self.streams.items()):
-            if not stream.initialized or stream.repairing:
-                continue
-            epoch, seq = await self.redis.cmd.hmget(stream.keys.meta, "e", "q")
-            if epoch is None:
-                continue
-            behind = epoch.decode() != stream.epoch or int(seq or 0) > stream.seq
-            if behind and self.streams.get(channel) is stream and not stream.repairing:
-                stream.repairing = True
-                self._spawn(self._repair(stream, reload_meta=True))
+        await self.redis.cmd.ping()  # readiness also covers a node with nothing subscribed
+        items = [
+            (ch, st) for ch, st in self.streams.items() if st.initialized and not st.repairing
+        ]
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            pipe = (
+                self.redis.cmd.pipeline()
+                if self.redis.cluster
+                else self.redis.cmd.pipeline(transaction=False)
+            )
+            for _, stream in chunk:
+                pipe.hmget(stream.keys.meta, "e", "q")
+            results = await pipe.execute()
+            for (channel, stream), (epoch, seq) in zip(chunk, results, strict=True):
+                if epoch is None:
+                    continue
+                behind = epoch.decode() != stream.epoch or int(seq or 0) > stream.seq
+                if behind and self.streams.get(channel) is stream and not stream.repairing:
+                    stream.repairing = True
+                    self._spawn(self._repair(stream, reload_meta=True))
 
     def describe(self) -> dict[str, Any]:
         return {
