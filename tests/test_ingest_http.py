@@ -45,7 +45,10 @@ def rds(srv: tuple[RedisServer, Proc]) -> redis.Redis:
     return srv[0].client()
 
 
-def stream(rds: redis.Redis, coll: str, db: str = "postgres") -> list[tuple[str, dict[str, object]]]:
+Entries = list[tuple[str, dict[str, object]]]
+
+
+def stream(rds: redis.Redis, coll: str, db: str = "postgres") -> Entries:
     entries = rds.xrange(f"vski:{{{db}/{coll}}}:s")
     return [(sid.decode(), json.loads(fields[b"d"])) for sid, fields in entries]
 
