@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -49,7 +50,7 @@ Entries = list[tuple[str, dict[str, object]]]
 
 
 def stream(rds: redis.Redis, coll: str, db: str = "postgres") -> Entries:
-    entries = rds.xrange(f"vski:{{{db}/{coll}}}:s")
+    entries: Any = rds.xrange(f"vski:{{{db}/{coll}}}:s")
     return [(sid.decode(), json.loads(fields[b"d"])) for sid, fields in entries]
 
 
@@ -78,7 +79,7 @@ def test_stored_before_200(port: int, rds: redis.Redis) -> None:
     entries = stream(rds, "ok1")
     assert entries == [(f"{m.group(1)}-{m.group(2)}",
                         {"action": "create", "record": {"id": "r1", "title": "Hello"}})]
-    assert rds.hget("vski:{postgres/ok1}:m", "e").decode() == m.group(3)
+    assert rds.hget("vski:{postgres/ok1}:m", "e") == m.group(3).encode()
 
 
 @pytest.mark.parametrize(
