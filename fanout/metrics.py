@@ -37,3 +37,21 @@ CLIENT_ERRORS = Counter("vski_fanout_client_errors_total", "ERROR frames sent, b
 CLOSES = Counter(
     "vski_fanout_closes_total", "Connections closed by the server, by reason", ["reason"]
 )
+GROUP_PENDING = Gauge(
+    "vski_fanout_group_pending",
+    "Delivered but unacknowledged events of a consumer group (all nodes), per periodic pass",
+    ["database", "collection", "group"],
+)
+GROUP_MEMBERS = Gauge("vski_fanout_group_members", "Consumer group members on this node")
+GROUP_DELIVERED = Counter(
+    "vski_fanout_group_delivered_total", "Events handed to group members for the first time"
+)
+GROUP_REDELIVERIES = Counter(
+    "vski_fanout_group_redeliveries_total",
+    "Events handed to a group member again, by cause",
+    ["cause"],
+)
+GROUP_ACKS = Counter("vski_fanout_group_acks_total", "ACKs accepted from group members")
+GROUP_DESTROYED = Counter(
+    "vski_fanout_group_destroyed_total", "Consumer groups destroyed after idling past retention"
+)

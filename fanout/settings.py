@@ -32,6 +32,9 @@ class FanoutSettings:
     open_timeout: float = 10.0
     replay_page: int = 500  # events per XRANGE page and per replay frame
     max_frame_events: int = 100  # live events batched into one frame
+    group_max_inflight: int = 10  # consumer groups: unacked events one member may hold
+    group_visibility_seconds: float = 30.0  # unacked this long: redelivered to another member
+    group_reclaim_seconds: float = 0.0  # reclaim/housekeeping pass period (0: derived)
 
     @property
     def host(self) -> str:
@@ -81,4 +84,7 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         open_timeout=e.float("FANOUT_OPEN_TIMEOUT", 10.0, minimum=0.1),
         replay_page=e.int("FANOUT_REPLAY_PAGE", 500, minimum=1),
         max_frame_events=e.int("FANOUT_MAX_FRAME_EVENTS", 100, minimum=1),
+        group_max_inflight=e.int("FANOUT_GROUP_MAX_INFLIGHT", 10, minimum=1),
+        group_visibility_seconds=e.float("FANOUT_GROUP_VISIBILITY_SECONDS", 30.0, minimum=0.1),
+        group_reclaim_seconds=e.float("FANOUT_GROUP_RECLAIM_SECONDS", 0.0),
     )
