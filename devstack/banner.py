@@ -1,0 +1,68 @@
+"""What ``vski-realtime dev`` prints once the stack is ready: URLs, a dev token, copy-paste lines.
+
+The ``curl`` line uses ``$(date ...)`` for the timestamp so that running it again posts a new
+event instead of being recognised as a VSKI retry of the first one (ingest dedupes retries).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from devstack.client import realtime_url
+
+
+def curl_command(ingest_url: str, token: str, db: str, collection: str) -> str:
+    stamp = "'\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"'"  # leaves the single quotes for the shell
+    body = (
+        f'{{"database":"{db}","collection":"{collection}","id":"rec_1","action":"create",'
+        f'"timestamp":"{stamp}","record":{{"id":"rec_1","title":"Hello from curl"}}}}'
+    )
+    return (
+        f"curl -sS -X POST {shlex.quote(ingest_url + '/webhook')} "
+        f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+        f"-d '{body}'"
+    )
+
+
+def render(
+    *,
+    redis: str,
+    ingest_url: str,
+    fanout_urls: list[str],
+    console_url: str | None,
+    token: str,
+    secret_source: str,
+    db: str,
+    collection: str,
+    state: str,
+) -> str:
+    ws = realtime_url(fanout_urls[0], db, token)
+    subscribe = json.dumps({"type": "SUBSCRIBE", "collection": collection})
+    lines = [
+        "",
+        "vski-realtime dev stack is up",
+        f"  redis     {redis}",
+        f"  ingest    {ingest_url}/webhook",
+        *[f"  fanout    {u}/api/realtime" for u in fanout_urls],
+    ]
+    if console_url:
+        lines.append(f"  console   {console_url}/")
+    lines += [
+        f"  state     {state} (secret from {secret_source})",
+        "",
+        "Development token (HS256, 24 h; mint another with `vski-realtime token`):",
+        f"  {token}",
+        "",
+        "Post a webhook (as a VSKI trigger would):",
+        f"  {curl_command(ingest_url, token, db, collection)}",
+        "",
+        "Watch events (the SDK's WebSocket URL; send the SUBSCRIBE frame after it opens):",
+        f"  {ws}",
+        f"  {subscribe}",
+        f"  or: vski-realtime listen --db {db} --collection {collection}",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)

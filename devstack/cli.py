@@ -1,0 +1,287 @@
+"""``vski-realtime``: the dev stack and the small tools that show it working.
+
+    vski-realtime dev       # Redis (embedded if REDIS_URL is unset), ingest, 2 fanout, console
+    vski-realtime token     # a dev token signed with JWT_SECRET (or the stack's stored dev secret)
+    vski-realtime post      # post a sample webhook to ingest
+    vski-realtime listen    # open the WebSocket like the SDK and print events as they arrive
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from devstack import state as st
+from devstack.banner import render
+from devstack.client import listen, post_webhook, realtime_url, sample_webhook
+
+DEFAULT_INGEST = "http://127.0.0.1:8000"
+DEFAULT_FANOUT = "ws://127.0.0.1:8080"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"vski-realtime: {message}\n")
+    return code
+
+
+# -- dev -------------------------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from devstack.console_server import ConsoleConfig, ConsoleServer
+    from devstack.embedded_redis import NoRedisBinary
+    from devstack.stack import Stack, StackOptions
+
+    state = st.state_dir(args.state_dir)
+    wanted = {"--ingest-port": args.ingest_port}
+    for i in range(args.fanout_nodes):
+        wanted[f"--fanout-port (node {i + 1})"] = args.fanout_port + i
+    if not args.no_console:
+        wanted["--console-port"] = args.console_port
+    for flag, port in wanted.items():
+        if not _port_free(args.host, port):
+            return _fail(f"port {port} is already in use: choose another with {flag.split()[0]}")
+    if len(set(wanted.values())) != len(wanted):
+        return _fail("the ports overlap: fanout nodes use --fanout-port and the ports after it")
+
+    secret, source = st.dev_secret(state)
+    redis_url = os.environ.get("REDIS_URL", "").strip() or None
+    stack = Stack(StackOptions(
+        state=state, host=args.host, ingest_port=args.ingest_port,
+        ingest_workers=args.ingest_workers, fanout_port=args.fanout_port,
+        fanout_nodes=args.fanout_nodes, console_port=args.console_port,
+        redis_port=args.redis_port, redis_url=redis_url, secret=secret,
+        echo=None if args.quiet else sys.stdout,
+    ))
+
+    stop = threading.Event()
+    started = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        if not started.is_set():
+            raise KeyboardInterrupt  # interrupt a start that is still waiting for readiness
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console: ConsoleServer | None = None
+    code = 0
+    try:
+        print(f"starting the dev stack (state in {state})", flush=True)
+        stack.start()
+        if not args.no_console:
+            console = ConsoleServer(args.host, args.console_port, ConsoleConfig(
+                ingest_url=stack.ingest_url, fanout_urls=stack.fanout_urls,
+                token=lambda: st.mint_token(secret), db=args.db, collection=args.collection,
+            )).start()
+        console_url = f"http://{stack.public_host}:{args.console_port}" if console else None
+        redis_note = (
+            f"{stack.redis_url} (embedded: {stack.redis.source}, data in {stack.redis.data_dir})"
+            if stack.redis else f"{stack.redis_url} (REDIS_URL)"
+        )
+        st.write_stack_info(state, {
+            "ingest": stack.ingest_url, "fanout": stack.fanout_urls, "console": console_url,
+            "redis": stack.redis_url, "pids": stack.pids(), "supervisor": os.getpid(),
+        })
+        started.set()
+        print(render(
+            redis=redis_note, ingest_url=stack.ingest_url, fanout_urls=stack.fanout_urls,
+            console_url=console_url, token=st.mint_token(secret), secret_source=source,
+            db=args.db, collection=args.collection, state=str(state),
+        ), flush=True)
+        stack.run_until_stopped(stop)
+    except KeyboardInterrupt:
+        pass
+    except NoRedisBinary as exc:
+        code = _fail(str(exc))
+    except RuntimeError as exc:
+        code = _fail(str(exc), 1)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        print("stopping the dev stack ...", flush=True)
+        if console is not None:
+            console.stop()
+        stack.stop()
+        st.clear_stack_info(state)
+        print("stopped", flush=True)
+    return code
+
+
+# -- token / post / listen ---------------------------------------------------------------------
+
+
+def _secret_for_tools(args: argparse.Namespace) -> str:
+    secret, _ = st.dev_secret(st.state_dir(args.state_dir), create=False)
+    return secret
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    try:
+        secret = _secret_for_tools(args)
+    except LookupError as exc:
+        return _fail(str(exc))
+    claims: dict[str, Any] = {}
+    for item in args.claim:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"--claim {item!r} must be key=value")
+        claims[key] = value
+    print(st.mint_token(secret, sub=args.sub, ttl=args.ttl, **claims))
+    return 0
+
+
+def _ingest_url(args: argparse.Namespace) -> str:
+    if args.ingest:
+        return str(args.ingest)
+    info = st.read_stack_info(st.state_dir(args.state_dir))
+    return str(info.get("ingest") or DEFAULT_INGEST)
+
+
+def _fanout_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url)
+    info = st.read_stack_info(st.state_dir(args.state_dir))
+    fanout = info.get("fanout") or [DEFAULT_FANOUT]
+    return str(fanout[0])
+
+
+def cmd_post(args: argparse.Namespace) -> int:
+    try:
+        token = args.token or st.mint_token(_secret_for_tools(args))
+    except LookupError as exc:
+        return _fail(str(exc))
+    try:
+        record = json.loads(args.record) if args.record else None
+    except ValueError as exc:
+        return _fail(f"--record is not valid JSON: {exc}")
+    if record is not None and not isinstance(record, dict):
+        return _fail("--record must be a JSON object")
+    url = _ingest_url(args)
+    worst = 0
+    for _ in range(args.count):
+        body = sample_webhook(args.db, args.collection, args.action, record)
+        try:
+            status, answer = post_webhook(url, token, body)
+        except OSError as exc:
+            return _fail(f"cannot reach ingest at {url}: {exc} (is `vski-realtime dev` up?)", 1)
+        print(f"{status} {json.dumps(answer)}", flush=True)
+        if status != 200:
+            worst = 1
+    return worst
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    try:
+        token = args.token or st.mint_token(_secret_for_tools(args))
+    except LookupError as exc:
+        return _fail(str(exc))
+    url = realtime_url(_fanout_url(args), args.db, token)
+
+    def show(frame: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(frame), flush=True)
+            return
+        kind = frame.get("type")
+        if isinstance(frame.get("events"), list):
+            for ev in frame["events"]:
+                data = ev.get("data") or {}
+                line = f"{frame.get('collection')} {ev.get('id')} {data.get('action')} " + (
+                    json.dumps(data.get("record"))
+                )
+                if ev.get("ackId"):
+                    line += f" ackId={ev['ackId']}"
+                print(line, flush=True)
+        elif kind == "_DISCONNECTED":
+            sys.stderr.write(f"# disconnected ({frame.get('reason')}); reconnecting in 3 s\n")
+        else:
+            sys.stderr.write(f"# {json.dumps(frame)}\n")
+        sys.stderr.flush()
+
+    collections = args.collection or ["posts"]
+    sys.stderr.write(f"# listening to {', '.join(collections)} in {args.db}\n")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(listen(
+            url, collections, last_id=args.last_id, group=args.group, on_frame=show,
+            max_events=args.count, reconnect=not args.no_reconnect,
+        ))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vski-realtime", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state-dir", help="dev state folder (default: $VSKI_STATE_DIR or ./.vski)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dev", help="run the whole local stack until Ctrl-C")
+    d.add_argument("--host", default="127.0.0.1", help="bind address of every tier")
+    d.add_argument("--ingest-port", type=int, default=8000)
+    d.add_argument("--ingest-workers", type=int, default=2)
+    d.add_argument("--fanout-port", type=int, default=8080, help="first node; next nodes +1")
+    d.add_argument("--fanout-nodes", type=int, default=2)
+    d.add_argument("--console-port", type=int, default=8090)
+    d.add_argument("--no-console", action="store_true", help="do not serve the console page")
+    d.add_argument("--redis-port", type=int, default=0, help="embedded Redis port (0: any free)")
+    d.add_argument("--db", default="postgres", help="database used in the printed examples")
+    d.add_argument("--collection", default="posts", help="collection used in the examples")
+    d.add_argument("--quiet", action="store_true", help="tier logs only to <state>/logs")
+    d.set_defaults(func=cmd_dev)
+
+    t = sub.add_parser("token", help="print a dev token signed with the configured secret")
+    t.add_argument("--sub", default="dev", help="the token's subject (user id)")
+    t.add_argument("--ttl", type=float, default=st.TOKEN_TTL_SECONDS, help="seconds")
+    t.add_argument("--claim", action="append", default=[], help="extra claim key=value")
+    t.set_defaults(func=cmd_token)
+
+    po = sub.add_parser("post", help="post a sample webhook to ingest")
+    po.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")
+    po.add_argument("--db", default="postgres")
+    po.add_argument("--collection", default="posts")
+    po.add_argument("--action", default="create", choices=["create", "update", "delete"])
+    po.add_argument("--record", help='record JSON, e.g. \'{"id":"r1","title":"Hi"}\'')
+    po.add_argument("--count", type=int, default=1)
+    po.add_argument("--token", help="bearer token (default: a fresh dev token)")
+    po.set_defaults(func=cmd_post)
+
+    li = sub.add_parser("listen", help="subscribe like the SDK and print events")
+    li.add_argument("--url", help=f"fanout base URL (default: the running stack, {DEFAULT_FANOUT})")
+    li.add_argument("--db", default="postgres")
+    li.add_argument("--collection", action="append", help="repeat for several (default: posts)")
+    li.add_argument("--last-id", help="resume after this id (0: everything retained)")
+    li.add_argument("--group", help="join this consumer group (events are ACKed)")
+    li.add_argument("--count", type=int, help="exit after this many events")
+    li.add_argument("--no-reconnect", action="store_true")
+    li.add_argument("--json", action="store_true", help="print every frame as JSON")
+    li.add_argument("--token", help="bearer token (default: a fresh dev token)")
+    li.set_defaults(func=cmd_listen)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

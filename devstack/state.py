@@ -1,0 +1,76 @@
+"""The dev stack's state folder (``./.vski`` by default): the generated secret, Redis data, logs.
+
+Development only (``VSKI_DEV=true`` semantics): when ``JWT_SECRET`` is not set, a random secret
+is generated once and kept in ``<state>/jwt_secret`` (mode 0600), so tokens minted by
+``vski-realtime token`` stay valid across restarts of ``vski-realtime dev``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+DEFAULT_STATE_DIR = ".vski"
+TOKEN_TTL_SECONDS = 24 * 3600
+
+
+def state_dir(explicit: str | None = None) -> Path:
+    """``--state-dir``, else ``VSKI_STATE_DIR``, else ``./.vski``."""
+    return Path(explicit or os.environ.get("VSKI_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+
+
+def dev_secret(state: Path, *, create: bool = True) -> tuple[str, str]:
+    """The JWT secret and where it came from: ``JWT_SECRET``, else the stored dev secret."""
+    env = os.environ.get("JWT_SECRET", "").strip()
+    if env:
+        return env, "JWT_SECRET"
+    path = state / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    if not create:
+        raise LookupError(
+            f"no secret: set JWT_SECRET or run `vski-realtime dev` once (it creates {path})"
+        )
+    state.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret, str(path)
+
+
+def mint_token(
+    secret: str, *, sub: str = "dev", ttl: float = TOKEN_TTL_SECONDS, **claims: Any
+) -> str:
+    """A development token signed like the VSKI master signs user and trigger tokens (HS256)."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + int(ttl), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def write_stack_info(state: Path, info: dict[str, Any]) -> Path:
+    """Where the running stack is (URLs, ports), so ``post``/``listen`` find it without flags."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "stack.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_stack_info(state: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((state / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def clear_stack_info(state: Path) -> None:
+    (state / "stack.json").unlink(missing_ok=True)
