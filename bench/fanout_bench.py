@@ -1,0 +1,484 @@
+"""Fanout benchmark: real redis-server, gunicorn ingest and one ``vski-fanout`` on 127.0.0.1.
+
+Run only under the shared lock (two benchmarks on 2 cores measure each other):
+
+    flock /tmp/vski-bench.lock .venv/bin/python bench/fanout_bench.py [--cases aim,a100,...]
+
+Method
+- The fanout node (or the bare ceiling server) is pinned to ``--server-cpu``; Redis, ingest, the
+  webhook poster and the load client share ``--load-cpu``.
+- Load client: ``bench/fanout_client.c`` (compiled here with gcc): thousands of WebSocket
+  connections in one epoll loop; connection i subscribes to collection ``c<i % colls>``.
+- Poster: paced webhooks (open loop) to ingest, round-robin over the collections; each record
+  carries ``sent`` = time.time() at posting, so latency is webhook -> client, including ingest,
+  Redis and fanout.
+- Delivered events/s = events received by all clients / (last - first receive). Loss = expected
+  deliveries (webhooks answered 200 x subscribers of their collection) - received.
+- Node CPU% = its utime+stime over the delivery window; RSS at the end of the case.
+- ``bare``: ``bench/fanout_bare.py`` broadcasts a prebuilt one-event frame as fast as it can to
+  the same client count: the websockets.broadcast ceiling. ``sat1`` is the node at saturation with
+  one event per frame (FANOUT_MAX_FRAME_EVENTS=1), the same work per delivery as ``bare``: their
+  ratio is the node's efficiency. With batching (the default) the node delivers more events/s.
+
+Against a Redis Cluster: ``--redis-cluster redis://127.0.0.1:7000`` (no redis-server started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SECRET = "bench-secret-bench-secret-bench-secret!!"
+
+
+@dataclass
+class Case:
+    name: str
+    clients: int
+    colls: int
+    rate: float  # offered webhooks/s
+    seconds: float
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+CASES = {
+    "aim": Case("aim", 1000, 1, 50, 10, note="aim: 50k deliveries/s, p99 < 20 ms"),
+    "a100": Case("a100", 1000, 1, 100, 10),
+    "a500": Case("a500", 1000, 1, 500, 10),
+    "b": Case("b", 1000, 100, 500, 10, note="10 clients per collection"),
+    "c": Case("c", 10000, 1, 10, 10, note="largest client count"),
+    "sat1": Case(
+        "sat1", 1000, 1, 200, 5, {"FANOUT_MAX_FRAME_EVENTS": "1"},
+        note="saturation, 1 event/frame",
+    ),
+    "bare": Case("bare", 1000, 1, 0, 5, note="bare websockets.broadcast loop"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def pinned(cpu: str | None, args: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *args] if cpu and shutil.which("taskset") else args
+
+
+def token(ttl: float = 7200) -> str:
+    return jwt.encode({"sub": "bench", "exp": int(time.time() + ttl)}, SECRET, algorithm="HS256")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss / 1024, hwm / 1024
+
+
+class Stack:
+    """Redis (unless external), ingest; fanout nodes are started per case."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="vski-fbench-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_url = args.redis_cluster or args.redis_url
+        self.cluster = bool(args.redis_cluster)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url or "", JWT_SECRET=SECRET, LOG_FORMAT="json",
+            LOG_LEVEL="warning", REDIS_CLUSTER="true" if self.cluster else "false",
+            RETENTION_MAX_EVENTS="100000",
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            args, env=env, stdout=(self.tmp / log).open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        a = self.args
+        if not self.redis_url:
+            port = free_port()
+            self.spawn(
+                pinned(a.load_cpu, [
+                    "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.tmp),
+                ]),
+                dict(os.environ), "redis.log",
+            )
+            wait_port(port)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.ingest_port = free_port()
+        self.spawn(
+            pinned(a.load_cpu, [str(BIN / "vski-ingest")]),
+            self.env(
+                INGEST_BIND=f"127.0.0.1:{self.ingest_port}", INGEST_WORKERS=str(a.ingest_workers)
+            ),
+            "ingest.log",
+        )
+        wait_port(self.ingest_port)
+
+    def fanout(self, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = self.env(FANOUT_BIND=f"127.0.0.1:{port}", FANOUT_PING_INTERVAL="30", **extra)
+        cmd = pinned(self.args.server_cpu, [str(BIN / "vski-fanout")])
+        proc = self.spawn(cmd, env, "fanout.log")
+        wait_port(port)
+        return proc, port
+
+    def stop_proc(self, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop_proc(proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class LoadClient:
+    """The C client as a subprocess; progress lines are read by a thread."""
+
+    def __init__(self, binary: Path, cpu: str | None, port: int, path: str, n: int, colls: int,
+                 nolat: bool = False) -> None:
+        args = [str(binary), "127.0.0.1", str(port), path, str(n), str(colls), str(int(nolat))]
+        self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True)
+        self.ready = threading.Event()
+        self.subscribed = 0
+        self.events = 0
+        self.frames = 0
+        self.closed = 0
+        self.last_change = time.monotonic()
+        self.final: dict[str, Any] | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("READY"):
+                self.subscribed = int(line.split()[1])
+                self.ready.set()
+            elif line.startswith("P "):
+                _, ev, fr, cl = line.split()
+                if int(ev) != self.events:
+                    self.last_change = time.monotonic()
+                self.events, self.frames, self.closed = int(ev), int(fr), int(cl)
+            elif line.startswith("{"):
+                self.final = json.loads(line)
+
+    def settle(self, expected: int, quiet: float = 1.5, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.events >= expected and expected > 0:
+                return
+            if time.monotonic() - self.last_change > quiet:
+                return
+            time.sleep(0.05)
+
+    def finish(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.thread.join(10)
+        assert self.final is not None, "load client printed no result"
+        return self.final
+
+
+class Poster:
+    """Open-loop paced webhooks over ``threads`` threads (gunicorn sync: one request per conn)."""
+
+    def __init__(self, port: int, db: str, colls: int, rate: float, seconds: float,
+                 threads: int = 4) -> None:
+        self.port, self.db, self.colls = port, db, colls
+        self.rate, self.count = rate, int(rate * seconds)
+        self.threads = threads
+        self.ok_per_coll = [0] * colls
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.auth = f"Bearer {token()}"
+        self.elapsed = 0.0
+
+    def _post(self, i: int) -> bool:
+        body = json.dumps({
+            "database": self.db, "collection": f"c{i % self.colls}", "id": f"r{i}",
+            "action": "create",
+            "record": {
+                "id": f"r{i}", "n": i, "title": "a record of typical size", "sent": time.time()
+            },
+        }).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("POST", "/webhook", body,
+                         {"Content-Type": "application/json", "Authorization": self.auth})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def _worker(self, k: int, t0: float) -> None:
+        for i in range(k, self.count, self.threads):
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ok = self._post(i)
+            with self.lock:
+                if ok:
+                    self.ok_per_coll[i % self.colls] += 1
+                else:
+                    self.failed += 1
+
+    def run(self) -> None:
+        t0 = time.monotonic() + 0.05
+        workers = [threading.Thread(target=self._worker, args=(k, t0)) for k in range(self.threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        self.elapsed = time.monotonic() - t0
+
+    @property
+    def ok(self) -> int:
+        return sum(self.ok_per_coll)
+
+
+def build_client(out_dir: Path) -> Path:
+    binary = out_dir / "fanout_client"
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(binary), str(ROOT / "bench" / "fanout_client.c")], check=True
+    )
+    return binary
+
+
+def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[str, Any]:
+    a = stack.args
+    node, port = stack.fanout(case.env)
+    db = f"bench{int(time.time())}x{seq}"
+    try:
+        client = LoadClient(
+            client_bin, a.load_cpu, port, f"/api/realtime?db={db}&auth={token()}",
+            case.clients, case.colls,
+        )
+        if not client.ready.wait(120):
+            raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
+        time.sleep(0.5)
+        cpu0, t0 = cpu_seconds(node.pid), time.monotonic()
+        poster = Poster(
+            stack.ingest_port, db, case.colls, case.rate, case.seconds, a.poster_threads
+        )
+        poster.run()
+        subs = [case.clients // case.colls + (1 if j < case.clients % case.colls else 0)
+                for j in range(case.colls)]
+        expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
+        client.settle(expected)
+        t1 = client.last_change if client.events >= expected else time.monotonic()
+        cpu1 = cpu_seconds(node.pid)
+        rss, hwm = rss_mb(node.pid)
+        res = client.finish()
+    finally:
+        stack.stop_proc(node)
+    span = max(res["span_s"], 1e-9)
+    return {
+        "case": case.name, "clients": res["subscribed"], "colls": case.colls,
+        "offered": case.rate, "posted_rate": poster.ok / max(poster.elapsed, 1e-9),
+        "posted": poster.ok, "post_failed": poster.failed,
+        "events_s": res["events"] / span, "frames_s": res["frames"] / span,
+        "ev_per_frame": res["events"] / max(res["frames"], 1),
+        "p50": res["p50_ms"], "p99": res["p99_ms"], "max": res["max_ms"],
+        "loss": expected - res["events"], "expected": expected,
+        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9), "rss": rss, "hwm": hwm,
+        "closed": res["closed"], "note": case.note,
+    }
+
+
+def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
+    a = stack.args
+    port = free_port()
+    env = dict(os.environ, BARE_SECONDS=str(case.seconds))
+    bare = subprocess.Popen(
+        pinned(a.server_cpu, [sys.executable, str(ROOT / "bench" / "fanout_bare.py"), str(port)]),
+        env=env, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert bare.stdout is not None
+        bare.stdout.readline()  # LISTENING
+        client = LoadClient(client_bin, a.load_cpu, port, "/", case.clients, 1, nolat=True)
+        if not client.ready.wait(120):
+            raise RuntimeError("bare: clients did not connect")
+        time.sleep(0.5)
+        cpu0, t0 = cpu_seconds(bare.pid), time.monotonic()
+        bare.send_signal(signal.SIGUSR1)
+        line = bare.stdout.readline().split()  # SENT frames seconds clients
+        sent, clients = int(line[1]), int(line[3])
+        client.settle(sent * clients)
+        cpu1, t1 = cpu_seconds(bare.pid), time.monotonic()
+        rss, hwm = rss_mb(bare.pid)
+        res = client.finish()
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            bare.wait(10)
+        if bare.poll() is None:
+            bare.kill()
+    span = max(res["span_s"], 1e-9)
+    return {
+        "case": "bare", "clients": res["subscribed"], "colls": 1, "offered": 0,
+        "posted_rate": 0, "posted": sent, "post_failed": 0,
+        "events_s": res["events"] / span, "frames_s": res["frames"] / span, "ev_per_frame": 1.0,
+        "p50": 0, "p99": 0, "max": 0, "loss": sent * clients - res["events"],
+        "expected": sent * clients, "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        "rss": rss, "hwm": hwm, "closed": res["closed"], "note": case.note,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
+            "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB |")
+    lines = [head, "|" + " --- |" * 13]
+    for r in rows:
+        lat = ("-", "-", "-") if r["case"] == "bare" else (
+            f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
+        rate = "-" if r["case"] == "bare" else f"{r['offered']:.0f} / {r['posted_rate']:.0f}"
+        lines.append(
+            f"| {r['case']} | {r['clients']} | {r['colls']} | {rate} | {r['events_s']:,.0f} | "
+            f"{r['frames_s']:,.0f} | {r['ev_per_frame']:.1f} | {lat[0]} | {lat[1]} | {lat[2]} | "
+            f"{r['loss']} | {r['cpu']:.0f} | {r['rss']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per case, the median of each numeric column over the repeats."""
+    out = []
+    for i, first in enumerate(runs[0]):
+        row = dict(first)
+        for key, value in first.items():
+            if isinstance(value, int | float) and key not in ("colls", "offered"):
+                row[key] = statistics.median(run[i][key] for run in runs)
+        out.append(row)
+    return out
+
+
+@contextlib.contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cases", default="aim,a100,a500,b,c,sat1,bare")
+    p.add_argument("--repeat", type=int, default=1, help="runs per case; the table shows medians")
+    p.add_argument("--seconds", type=float, default=None, help="override each case's duration")
+    p.add_argument("--server-cpu", default="0")
+    p.add_argument("--load-cpu", default="1")
+    p.add_argument("--redis-url", default=None, help="use this standalone Redis")
+    p.add_argument("--redis-cluster", default=None, help="use this Redis Cluster (a seed node URL)")
+    p.add_argument("--ingest-workers", type=int, default=2)
+    p.add_argument("--poster-threads", type=int, default=4)
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    a = p.parse_args()
+    names = [n.strip() for n in a.cases.split(",") if n.strip()]
+    for n in names:
+        if n not in CASES:
+            p.error(f"unknown case {n!r}: choose from {', '.join(CASES)}")
+    stack = Stack(a)
+    client_bin = build_client(stack.tmp)
+    runs: list[list[dict[str, Any]]] = []
+    with running(stack):
+        for rep in range(a.repeat):
+            rows = []
+            for k, name in enumerate(names):
+                case = CASES[name]
+                if a.seconds:
+                    case = Case(case.name, case.clients, case.colls, case.rate, a.seconds,
+                                case.env, case.note)
+                row = (run_bare(stack, client_bin, case) if name == "bare"
+                       else run_node_case(stack, client_bin, case, rep * 100 + k))
+                rows.append(row)
+                print(f"# run {rep + 1} {name}: {json.dumps(row)}", flush=True)
+            runs.append(rows)
+    rows = median_rows(runs)
+    print()
+    print(table(rows))
+    by = {r["case"]: r for r in rows}
+    if "sat1" in by and "bare" in by:
+        ratio = by["sat1"]["events_s"] / max(by["bare"]["events_s"], 1)
+        print(f"\nnode at saturation (1 event/frame) / bare broadcast ceiling: {ratio:.0%} "
+              "(aim >= 70%)")
+    for name in ("a500", "b"):
+        if name in by and "bare" in by:
+            print(f"{name} delivered events/s / bare ceiling: "
+                  f"{by[name]['events_s'] / max(by['bare']['events_s'], 1):.0%} (batched frames)")
+    if "aim" in by:
+        r = by["aim"]
+        verdict = "met" if r["p99"] < 20 and r["loss"] == 0 else "NOT met"
+        print(f"aim (1,000 clients x 50 webhooks/s, p99 < 20 ms, no loss): {verdict} "
+              f"(p99 {r['p99']:.1f} ms, loss {r['loss']})")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"runs": runs, "median": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
