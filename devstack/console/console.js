@@ -31,7 +31,7 @@ function addItem(listId, text, cls) {
   const list = $(listId);
   list.appendChild(li);
   while (list.children.length > 500) list.removeChild(list.firstChild);
-  li.scrollIntoView({ block: "nearest" });
+  list.scrollTop = list.scrollHeight; // follow new items without scrolling the page
   return li;
 }
 

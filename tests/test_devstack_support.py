@@ -1,0 +1,270 @@
+"""Helpers shared by the dev-stack, console and deploy tests (this module holds no tests).
+
+``DevStack`` runs the real ``vski-realtime dev`` command as a user would, on free ports, and
+parses what it prints; ``Chromium`` drives Debian's headless Chromium over the DevTools protocol
+with the ``websockets`` library (no Selenium/Playwright download needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.ports import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of this process group still there?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _consecutive_free(n: int) -> int:
+    for _ in range(200):
+        base = free_port()
+        if base + n < 65535 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class DevStack:
+    """``vski-realtime dev`` as a child process, its output collected line by line."""
+
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    state: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vski-dev-")))
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+    ingest_port: int = 0
+    fanout_port: int = 0
+    console_port: int = 0
+
+    def command(self) -> list[str]:
+        return [str(BIN / "vski-realtime"), "--state-dir", str(self.state), "dev", *self.args]
+
+    def start(self, timeout: float = 90) -> DevStack:
+        self.fanout_port = _consecutive_free(2)
+        self.ingest_port = free_port()
+        self.console_port = free_port()
+        self.args = [
+            "--ingest-port", str(self.ingest_port), "--fanout-port", str(self.fanout_port),
+            "--console-port", str(self.console_port), *self.args,
+        ]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("REDIS_URL", "JWT_SECRET", "PROMETHEUS_MULTIPROC_DIR")}
+        env.update(self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith("Ctrl-C stops everything") for line in self.lines):
+                return self
+            if self.proc.poll() is not None:
+                time.sleep(0.3)
+                raise RuntimeError(f"vski-realtime dev exited:\n{self.output()}")
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"vski-realtime dev not up after {timeout}s:\n{self.output()}")
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def printed(self, pattern: str) -> str:
+        """The first printed line (stripped) matching the regex."""
+        rx = re.compile(pattern)
+        for line in self.lines:
+            if rx.search(line.strip()):
+                return line.strip()
+        raise AssertionError(f"no line matches {pattern!r} in:\n{self.output()}")
+
+    @property
+    def token(self) -> str:
+        i = next(i for i, line in enumerate(self.lines) if line.startswith("Development token"))
+        return self.lines[i + 1].strip()
+
+    def info(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / "stack.json").read_text())
+        return data
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 40) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def cleanup(self, pids: dict[str, int] | None = None) -> None:
+        """Never leave anything behind, even when a test failed half-way."""
+        self.stop()
+        for pid in (pids or {}).values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class Chromium:
+    """Headless Chromium with the flags this machine needs, driven over CDP."""
+
+    FLAGS = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1200,900",
+    ]
+
+    def __init__(self, binary: str) -> None:
+        self.profile = Path(tempfile.mkdtemp(prefix="vski-chromium-"))
+        self.proc = subprocess.Popen(
+            [binary, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=(self.profile / "stderr.log").open("wb"),
+            start_new_session=True,
+        )
+        self._id = 0
+        self._cm: Any = None
+        self.ws = self._connect()
+
+    def _connect(self, timeout: float = 60) -> Any:
+        from websockets.sync.client import connect
+
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    "chromium exited: " + (self.profile / "stderr.log").read_text()[-2000:]
+                )
+            if port_file.exists() and port_file.read_text().strip():
+                port = int(port_file.read_text().split()[0])
+                try:
+                    url = f"http://127.0.0.1:{port}/json/list"
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        targets = json.loads(r.read())
+                except OSError:
+                    time.sleep(0.2)
+                    continue
+                pages = [t for t in targets if t.get("type") == "page"]
+                if pages:
+                    self._cm = connect(pages[0]["webSocketDebuggerUrl"], max_size=None,
+                                       open_timeout=20)
+                    return self._cm.__enter__()
+            time.sleep(0.2)
+        raise TimeoutError("chromium's DevTools did not come up")
+
+    def send(self, method: str, timeout: float = 30, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        my_id = self._id
+        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                result: dict[str, Any] = msg.get("result", {})
+                return result
+
+    def eval(self, expression: str) -> Any:
+        res = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                        awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"JS error in {expression!r}: {res['exceptionDetails']}")
+        return res.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):
+                last = self.eval(expression)
+                if last:
+                    return last
+            time.sleep(0.1)
+        raise AssertionError(f"{expression!r} still falsy after {timeout}s (last: {last!r})")
+
+    def navigate(self, url: str) -> None:
+        self.send("Page.enable")
+        self.send("Page.navigate", url=url)
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(None, None, None)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # renderer/zygote children
+        shutil.rmtree(self.profile, ignore_errors=True)
