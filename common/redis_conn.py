@@ -39,4 +39,10 @@ def async_client(s: RedisSettings, *, url: str | None = None, blocking: bool = F
     }
     if s.cluster:
         return redis.asyncio.RedisCluster.from_url(url or s.url, **kwargs)
-    return redis.asyncio.Redis.from_url(url or s.url, **kwargs)
+    # a blocking pool: past max_connections a command waits for a free connection instead of
+    # failing at once with MaxConnectionsError (redis-py's default pool raises past 100, which
+    # turned a reconnect storm of 300 SUBSCRIBEs with lastId into 200 "redis_unavailable")
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url or s.url, max_connections=100, timeout=s.socket_timeout + s.connect_timeout, **kwargs
+    )
+    return redis.asyncio.Redis.from_pool(pool)
