@@ -21,9 +21,17 @@ from common.keys import CollectionKeys
 
 # KEYS: stream, registry. ARGV: group, start id, stream ttl ms, registry ttl ms.
 # Creates the group if missing (MKSTREAM); a stream made here has no events and no TTL yet, so
-# it gets the retention TTL ingest would give it. Returns {Redis time in ms, 1 if created}.
+# it gets the retention TTL ingest would give it. (Ingest deletes the stream when it starts a
+# collection's first epoch, taking any group made before the first event with it: the registry
+# entry is how the group's backlog survives that.) Returns {Redis time in ms, 1 if created}.
 _ENSURE = """
-local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
+local start = ARGV[2]
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  -- registered but missing: its stream was reset or expired since it was last used, so no
+  -- event now in the stream was ever seen by it
+  start = '0'
+end
+local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], start, 'MKSTREAM')
 local created = 1
 if type(ok) == 'table' and ok.err then
   if not string.find(ok.err, 'BUSYGROUP') then

@@ -1,0 +1,385 @@
+"""Consumer groups end to end: real redis-server, ``vski-ingest`` and ``vski-fanout`` processes,
+WebSocket clients that behave like the SDK (SUBSCRIBE with ``group``, ACK each event's ackId).
+
+Every test uses its own collection; the Redis server and ingest are shared by the module, fanout
+nodes are started per test (some tests kill them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.support.ingest_http import post_webhook, webhook_body
+from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.redis_server import RedisServer
+from tests.support.tokens import make_token
+
+pytestmark = pytest.mark.timeout(90)
+
+LIMIT = 4  # FANOUT_GROUP_MAX_INFLIGHT in these tests
+FAST = {  # short visibility timeout: reclaim is under test
+    "FANOUT_GROUP_MAX_INFLIGHT": str(LIMIT),
+    "FANOUT_GROUP_VISIBILITY_SECONDS": "2",
+    "FANOUT_GROUP_RECLAIM_SECONDS": "0.5",
+}
+SLOW = {  # long visibility timeout: anything arriving sooner came by another path
+    "FANOUT_GROUP_MAX_INFLIGHT": str(LIMIT),
+    "FANOUT_GROUP_VISIBILITY_SECONDS": "60",
+    "FANOUT_GROUP_RECLAIM_SECONDS": "0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def ingest(redis_mod: RedisServer) -> Iterator[Proc]:
+    proc = ingest_proc(redis_mod.url, workers=2).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@asynccontextmanager
+async def nodes(redis: RedisServer, count: int, env: dict[str, str]) -> AsyncIterator[list[Proc]]:
+    procs = [fanout_proc(redis.url, **env) for _ in range(count)]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def publish(ingest: Proc, collection: str, count: int, start: int = 0) -> None:
+    def send() -> None:
+        for i in range(start, start + count):
+            body = webhook_body(collection=collection, record_id=f"r{i}")
+            reply = post_webhook(ingest.port, body)
+            assert reply.status == 200, reply.body
+
+    await asyncio.to_thread(send)
+
+
+@dataclass
+class Ledger:
+    """What all members of one group saw: who holds which event, and every accepted ACK."""
+
+    holders: dict[str, str] = field(default_factory=dict)
+    acks: collections.Counter[str] = field(default_factory=collections.Counter)
+    overlaps: list[str] = field(default_factory=list)
+
+
+class Client:
+    """An SDK-like connection: records EVENT ids, ERRORs, and (if ``ack``) ACKs each event."""
+
+    def __init__(self, name: str, conn: ClientConnection, ledger: Ledger | None, ack: bool):
+        self.name = name
+        self.conn = conn
+        self.ledger = ledger
+        self.ack = ack
+        self.received: list[str] = []
+        self.errors: list[dict[str, Any]] = []
+        self.subscribed: list[dict[str, Any]] = []
+        self.group: str | None = None
+        self.collection = ""
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with suppress(ConnectionClosed):
+            async for raw in self.conn:
+                msg = json.loads(raw)
+                if msg["type"] == "SUBSCRIBED":
+                    self.subscribed.append(msg)
+                elif msg["type"] == "ERROR":
+                    self.errors.append(msg)
+                elif msg["type"] == "EVENT":
+                    for event in msg["events"]:
+                        await self._on_event(event)
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        eid = event["id"]
+        self.received.append(eid)
+        if self.group is None:
+            assert "ackId" not in event
+            return
+        assert event["ackId"] == eid
+        ledger = self.ledger if self.ledger is not None else Ledger()
+        holder = ledger.holders.get(eid)
+        if holder is not None and holder != self.name:
+            ledger.overlaps.append(f"{eid} at {holder} and {self.name}")
+        ledger.holders[eid] = self.name
+        if self.ack:
+            await self.send_ack(eid)
+            ledger.acks[eid] += 1
+            ledger.holders.pop(eid, None)
+
+    async def send_ack(self, ack_id: str, group: str | None = None) -> None:
+        msg = {"type": "ACK", "collection": self.collection, "id": ack_id}
+        msg["group"] = group or self.group or ""
+        await self.conn.send(json.dumps(msg))
+
+    async def subscribe(
+        self, collection: str, group: str | None = None, last_id: str | None = None
+    ) -> None:
+        self.collection = collection
+        self.group = group
+        msg: dict[str, Any] = {"type": "SUBSCRIBE", "collection": collection}
+        if group is not None:
+            msg["group"] = group
+        if last_id is not None:
+            msg["lastId"] = last_id
+        before = len(self.subscribed)
+        await self.conn.send(json.dumps(msg))
+        assert await until(lambda: len(self.subscribed) > before, 10), self.errors
+
+    def forget_holdings(self) -> None:
+        """This member is gone: what it held is free to go elsewhere."""
+        if self.ledger is not None:
+            for eid in [e for e, h in self.ledger.holders.items() if h == self.name]:
+                del self.ledger.holders[eid]
+
+    async def close(self) -> None:
+        await self.conn.close()
+        self.forget_holdings()
+        with suppress(Exception):
+            await asyncio.wait_for(self.task, 5)
+
+
+@asynccontextmanager
+async def client(
+    node: Proc, name: str, ledger: Ledger | None = None, *, ack: bool = True
+) -> AsyncIterator[Client]:
+    url = f"{node.ws_url}/api/realtime?db=postgres&auth={make_token()}"
+    async with connect(url, open_timeout=10, compression=None) as conn:
+        c = Client(name, conn, ledger, ack)
+        try:
+            yield c
+        finally:
+            c.task.cancel()
+            with suppress(BaseException):
+                await c.task
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+def stream_key(collection: str) -> str:
+    return f"vski:{{postgres/{collection}}}:s"
+
+
+def pending(redis: RedisServer, collection: str, group: str) -> dict[str, int]:
+    """Pending entries per consumer, straight from Redis."""
+    info = redis.client().xpending(stream_key(collection), group)
+    return {c["name"].decode(): int(c["pending"]) for c in info["consumers"]}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_members_on_two_nodes_share_events_each_acked_once_and_plain_gets_all(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    coll, n = "jobs_share", 60
+    ledger = Ledger()
+    async with (
+        nodes(redis_mod, 2, FAST) as (a, b),
+        client(a, "a1", ledger) as a1,
+        client(a, "a2", ledger) as a2,
+        client(b, "b1", ledger) as b1,
+        client(b, "plain") as plain,
+        client(a, "outsider") as outsider,
+    ):
+        for member in (a1, a2, b1):
+            await member.subscribe(coll, "mailers")
+        await a1.subscribe(coll, "mailers")  # the SDK repeats SUBSCRIBE: no double delivery
+        await plain.subscribe(coll)
+        await outsider.subscribe(coll, "others")
+        await publish(ingest, coll, n)
+
+        assert await until(lambda: len(ledger.acks) == n and len(plain.received) == n, 30), (
+            len(ledger.acks),
+            len(plain.received),
+        )
+        await asyncio.sleep(1.0)  # anything duplicated would arrive now
+        assert set(ledger.acks.values()) == {1}, "every event ACKed exactly once in total"
+        assert ledger.overlaps == []
+        members = (a1, a2, b1)
+        assert sum(len(m.received) for m in members) == n
+        assert a1.received or a2.received, "node A's members got a share"
+        assert b1.received, "node B's member got a share"
+        assert sorted(ledger.acks) == sorted(plain.received)
+        # plain subscriber: all, in order; the other group got its own copy of everything
+        seqs = [int(e.split("@")[0].split("-")[1]) for e in plain.received]
+        assert seqs == sorted(seqs) and len(set(seqs)) == n
+        assert await until(lambda: len(outsider.received) == n, 15)
+        for m in members:  # within a member, first deliveries come in stream order
+            ms = [int(e.split("@")[0].split("-")[1]) for e in m.received]
+            assert ms == sorted(ms)
+
+        # bad ACKs: each answers ERROR invalid_ack
+        done = a1.received[0]
+        errors_before = len(a1.errors)
+        await a1.send_ack(done)  # already ACKed
+        await a1.send_ack(done, group="nope")  # not a member of that group
+        await a1.send_ack("not-an-id")  # malformed
+        await a1.send_ack("1-999999@abcdef")  # never issued
+        await a1.send_ack(b1.received[0])  # another member's event
+        assert await until(lambda: len(a1.errors) >= errors_before + 5, 10), a1.errors
+        assert {e["code"] for e in a1.errors[errors_before:]} == {"invalid_ack"}
+        await plain.send_ack(done, group="mailers")  # a plain subscriber is no member
+        assert await until(lambda: len(plain.errors) == 1, 10)
+        assert plain.errors[0]["code"] == "invalid_ack"
+        await asyncio.sleep(0.5)
+        assert set(ledger.acks.values()) == {1}
+        assert sum(pending(redis_mod, coll, "mailers").values()) == 0
+
+        # group last use is recorded for the idle-group cleanup
+        score = redis_mod.client().zscore(f"vski:{{postgres/{coll}}}:g", "mailers")
+        assert score is not None and abs(score / 1000 - time.time()) < 60
+
+
+async def test_disconnected_members_events_go_to_another_member_at_once(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    """Visibility timeout 60 s: events arriving within seconds came by the disconnect path."""
+    coll = "jobs_leave"
+    ledger = Ledger()
+    async with nodes(redis_mod, 2, SLOW) as (a, b), client(b, "taker", ledger) as taker:
+        # across nodes: the leaver on A, the taker on B
+        async with client(a, "silent", ledger, ack=False) as silent:
+            await silent.subscribe(coll, "g")
+            await publish(ingest, coll, LIMIT + 1)
+            assert await until(lambda: len(silent.received) == LIMIT, 10)
+            await taker.subscribe(coll, "g")
+            assert await until(lambda: len(taker.received) == 1, 10)
+            held = list(silent.received)
+            assert set(taker.received).isdisjoint(held)
+            # an ACK for an event pending at another member is refused and changes nothing
+            await taker.send_ack(held[0])
+            assert await until(lambda: len(taker.errors) == 1, 10)
+            assert taker.errors[0]["code"] == "invalid_ack"
+            assert sum(pending(redis_mod, coll, "g").values()) == LIMIT
+            await asyncio.sleep(1.0)
+            assert len(taker.received) == 1
+            started = time.monotonic()
+            await silent.close()
+        assert await until(lambda: set(held) <= set(taker.received), 15), taker.received
+        leave_cross = time.monotonic() - started
+
+        # on one node: the leaver's events are handed straight to the local member
+        async with client(b, "silent2", ledger, ack=False) as silent2:
+            await silent2.subscribe(coll, "g")
+            before = len(taker.received)
+            await publish(ingest, coll, 2 * LIMIT, start=100)
+            assert await until(lambda: len(taker.received) + len(silent2.received) >= before + 8)
+            held2 = list(silent2.received)
+            assert held2, "the silent member got a share"
+            started = time.monotonic()
+            await silent2.close()
+        assert await until(lambda: set(held2) <= set(taker.received), 15)
+        leave_local = time.monotonic() - started
+        assert ledger.overlaps == []
+        assert sum(pending(redis_mod, coll, "g").values()) == 0
+        assert all(count == 1 for count in ledger.acks.values())
+        print(
+            f"redelivery after disconnect: cross-node {leave_cross:.2f}s, local {leave_local:.2f}s"
+        )
+        # departed members' consumers are deleted, not piled up
+        consumers = redis_mod.client().xinfo_consumers(stream_key(coll), "g")
+        assert len([c for c in consumers if c["pending"] == 0]) <= 2
+
+
+async def test_kill_9_node_its_unacked_events_are_delivered_by_the_other_node(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    coll = "jobs_crash"
+    ledger = Ledger()
+    async with (
+        nodes(redis_mod, 2, FAST) as (a, b),
+        client(a, "doomed", ledger, ack=False) as doomed,
+        client(b, "survivor", ledger) as survivor,
+    ):
+        await doomed.subscribe(coll, "g")
+        await publish(ingest, coll, LIMIT)
+        assert await until(lambda: len(doomed.received) == LIMIT, 10)
+        await survivor.subscribe(coll, "g")
+        await publish(ingest, coll, 6, start=50)
+        assert await until(lambda: len(survivor.received) >= 6, 10)
+        held = list(doomed.received)
+        a.signal(signal.SIGKILL)
+        doomed.forget_holdings()
+        assert await until(lambda: set(held) <= set(survivor.received), 20)
+        assert len(ledger.acks) == LIMIT + 6
+        assert sum(pending(redis_mod, coll, "g").values()) == 0
+        # the dead node's consumers are pruned (pending 0, idle past the timeout)
+        r = redis_mod.client()
+        assert await until(lambda: len(r.xinfo_consumers(stream_key(coll), "g")) == 1, 20), (
+            r.xinfo_consumers(stream_key(coll), "g")
+        )
+
+
+async def test_inflight_limit_and_visibility_timeout(redis_mod: RedisServer, ingest: Proc) -> None:
+    coll = "jobs_limit"
+    ledger = Ledger()
+    async with nodes(redis_mod, 1, FAST) as (a,), client(a, "hog", ledger, ack=False) as hog:
+        await hog.subscribe(coll, "g")
+        await publish(ingest, coll, 3 * LIMIT)
+        assert await until(lambda: len(hog.received) == LIMIT, 10)
+        await asyncio.sleep(3.0)  # past the visibility timeout: no one else to take them
+        assert len(set(hog.received)) == LIMIT, "a member that never ACKs holds at most the limit"
+        async with client(a, "worker", ledger) as worker:
+            await worker.subscribe(coll, "g")
+            hog.forget_holdings()  # idle past the timeout: fair game for the worker
+            assert await until(lambda: len(ledger.acks) == 3 * LIMIT, 15), len(ledger.acks)
+            assert set(hog.received) <= set(worker.received)
+        r = redis_mod.client()
+        redelivered = r.xpending(stream_key(coll), "g")["pending"]
+        assert redelivered == 0
+
+
+async def test_group_without_members_keeps_backlog_and_new_group_from_zero(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    coll = "jobs_backlog"
+    async with nodes(redis_mod, 2, FAST) as (a, b):
+        async with client(a, "first") as first:
+            await first.subscribe(coll, "g")
+            await first.conn.send(
+                json.dumps({"type": "UNSUBSCRIBE", "collection": coll, "group": "g"})
+            )
+            await asyncio.sleep(0.3)
+            await publish(ingest, coll, 6)
+            await asyncio.sleep(1.0)
+            assert first.received == [], "no member: nothing delivered"
+        ledger = Ledger()
+        async with client(b, "late", ledger) as late:
+            await late.subscribe(coll, "g")
+            assert await until(lambda: len(ledger.acks) == 6, 15)
+            # a group created now starts at the end of the stream ...
+            async with client(a, "fresh") as fresh, client(b, "history") as history:
+                await fresh.subscribe(coll, "new_group")
+                # ... unless its first SUBSCRIBE asks for lastId "0": all retained events
+                await history.subscribe(coll, "replayers", last_id="0")
+                assert await until(lambda: len(history.received) == 6, 10)
+                await asyncio.sleep(0.5)
+                assert fresh.received == []
+                await publish(ingest, coll, 1, start=10)
+                assert await until(lambda: len(fresh.received) == 1, 10)
+                assert await until(lambda: len(history.received) == 7, 10)
