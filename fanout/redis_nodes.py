@@ -130,6 +130,11 @@ class Listener:
         else:
             await ps.ping()  # open the connection so health reflects reality
         self.connected = True
+        # channels added while the SSUBSCRIBE above was in flight saw connected=False and left
+        # their subscription to us (a burst of SUBSCRIBEs to new collections, e.g. after a drain)
+        missed = self.channels.difference(channels)
+        if missed:
+            await ps.ssubscribe(*missed)
         self.last_ok = time.monotonic()
         self.last_error = None
 
