@@ -446,3 +446,24 @@ async def test_redis_restart_during_stream_loses_no_answered_event(
             await runner
         status = await asyncio.to_thread(fetch, s.nodes[0], "/ready")
         assert json.loads(status)["status"] == "ready"
+
+
+async def test_subscribe_storm_to_new_collections_all_succeed(stack: Stack) -> None:
+    """A reconnect storm (e.g. after another node drained): 300 SUBSCRIBEs at once to 100
+    collections this node does not read yet; every one is answered SUBSCRIBED and live."""
+    node = stack.nodes[1]
+
+    async def one(i: int) -> tuple[str, ClientConnection]:
+        conn = await connect(ws_url(node, "storm"), open_timeout=30, compression=None)
+        await conn.send(json.dumps({"type": "SUBSCRIBE", "collection": f"s{i % 100}"}))
+        msg = json.loads(await asyncio.wait_for(conn.recv(), 30))
+        return msg["type"] + ":" + msg.get("code", ""), conn
+
+    results = await asyncio.gather(*(one(i) for i in range(300)))
+    answers = [r[0] for r in results]
+    assert answers.count("SUBSCRIBED:") == 300, sorted(set(answers))
+    event_id = await asyncio.to_thread(Poster(stack.ingest).post, "storm", "s42", 1)
+    for i in (42, 142, 242):
+        frame = json.loads(await asyncio.wait_for(results[i][1].recv(), 30))
+        assert frame["events"][0]["id"] == event_id
+    await asyncio.gather(*(conn.close() for _, conn in results))
