@@ -206,6 +206,7 @@ class LoadClient:
         self.closed = 0
         self.last_change = time.monotonic()
         self.final: dict[str, Any] | None = None
+        self.subs: list[int] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -220,6 +221,8 @@ class LoadClient:
                 if int(ev) != self.events:
                     self.last_change = time.monotonic()
                 self.events, self.frames, self.closed = int(ev), int(fr), int(cl)
+            elif line.startswith("S"):
+                self.subs = [int(x) for x in line.split()[1:]]
             elif line.startswith("{"):
                 self.final = json.loads(line)
 
@@ -327,12 +330,14 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         poster.run()
         subs = [case.clients // case.colls + (1 if j < case.clients % case.colls else 0)
                 for j in range(case.colls)]
-        expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
-        client.settle(expected)
-        t1 = client.last_change if client.events >= expected else time.monotonic()
+        planned = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
+        client.settle(planned)
+        t1 = client.last_change if client.events >= planned else time.monotonic()
         cpu1 = cpu_seconds(node.pid)
         rss, hwm = rss_mb(node.pid)
         res = client.finish()
+        # only connections whose SUBSCRIBE succeeded can receive (failures reported apart)
+        expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, client.subs, strict=True))
     finally:
         stack.stop_proc(node)
     span = max(res["span_s"], 1e-9)
@@ -345,7 +350,7 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         "p50": res["p50_ms"], "p99": res["p99_ms"], "max": res["max_ms"],
         "loss": expected - res["events"], "expected": expected,
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9), "rss": rss, "hwm": hwm,
-        "closed": res["closed"], "note": case.note,
+        "closed": res["closed"], "sub_failed": res["sub_failed"], "note": case.note,
     }
 
 
@@ -385,7 +390,8 @@ def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
         "events_s": res["events"] / span, "frames_s": res["frames"] / span, "ev_per_frame": 1.0,
         "p50": 0, "p99": 0, "max": 0, "loss": sent * clients - res["events"],
         "expected": sent * clients, "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
-        "rss": rss, "hwm": hwm, "closed": res["closed"], "note": case.note,
+        "rss": rss, "hwm": hwm, "closed": res["closed"], "sub_failed": res["sub_failed"],
+        "note": case.note,
     }
 
 
@@ -406,13 +412,18 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per case, the median of each numeric column over the repeats."""
+    """Per case, the median of each numeric column over the repeats that produced it."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run:
+            by_case.setdefault(row["case"], []).append(row)
     out = []
-    for i, first in enumerate(runs[0]):
-        row = dict(first)
-        for key, value in first.items():
+    for rows in by_case.values():
+        row = dict(rows[0])
+        for key, value in rows[0].items():
             if isinstance(value, int | float) and key not in ("colls", "offered"):
-                row[key] = statistics.median(run[i][key] for run in runs)
+                row[key] = statistics.median(r[key] for r in rows)
+        row["runs"] = len(rows)
         out.append(row)
     return out
 
@@ -454,8 +465,12 @@ def main() -> None:
                 if a.seconds:
                     case = Case(case.name, case.clients, case.colls, case.rate, a.seconds,
                                 case.env, case.note)
-                row = (run_bare(stack, client_bin, case) if name == "bare"
-                       else run_node_case(stack, client_bin, case, rep * 100 + k))
+                try:
+                    row = (run_bare(stack, client_bin, case) if name == "bare"
+                           else run_node_case(stack, client_bin, case, rep * 100 + k))
+                except Exception as exc:  # one broken case must not lose the others
+                    print(f"# run {rep + 1} {name} FAILED: {exc!r}", flush=True)
+                    continue
                 rows.append(row)
                 print(f"# run {rep + 1} {name}: {json.dumps(row)}", flush=True)
             runs.append(rows)

@@ -42,7 +42,7 @@ typedef struct {
 static uint64_t hist[NBUCKET + 1];
 static double lat_max = 0, lat_sum = 0;
 static uint64_t lat_n = 0;
-static uint64_t events = 0, frames = 0, closed_n = 0, subscribed_n = 0, errors_n = 0;
+static uint64_t events = 0, frames = 0, closed_n = 0, subscribed_n = 0, errors_n = 0, sub_failed_n = 0;
 static uint64_t close_codes[5000];
 static double first_ev = 0, last_ev = 0;
 static volatile sig_atomic_t stop_flag = 0;
@@ -79,7 +79,8 @@ static void send_masked(int fd, int opcode, const char *payload, size_t n) {
 static void on_text(conn_t *c, const char *p, size_t n) {
     if (!c->subscribed) {
         if (memmem(p, n, "\"SUBSCRIBED\"", 12)) { c->subscribed = 1; subscribed_n++; return; }
-        if (memmem(p, n, "\"ERROR\"", 7)) { errors_n++; return; }
+        /* a refused SUBSCRIBE: done with this connection's setup (counted, not retried) */
+        if (memmem(p, n, "\"ERROR\"", 7)) { errors_n++; c->subscribed = -1; sub_failed_n++; return; }
     }
     if (!memmem(p, n < 40 ? n : 40, "\"EVENT\"", 7)) {
         if (memmem(p, n, "\"ERROR\"", 7)) errors_n++;
@@ -215,8 +216,10 @@ int main(int argc, char **argv) {
             started++;
             pending++;
         }
-        if (!ready_printed && started == nconn && subscribed_n + closed_n >= (uint64_t)nconn) {
-            printf("READY %llu\n", (unsigned long long)subscribed_n);
+        if (!ready_printed && started == nconn &&
+            subscribed_n + sub_failed_n + closed_n >= (uint64_t)nconn) {
+            printf("READY %llu %llu\n", (unsigned long long)subscribed_n,
+                   (unsigned long long)sub_failed_n);
             fflush(stdout);
             ready_printed = 1;
         }
@@ -296,12 +299,19 @@ int main(int argc, char **argv) {
         }
     }
     double span = last_ev - first_ev;
+    /* subscribed connections per collection, so the caller can compute expected deliveries */
+    int *subs = calloc(ncoll, sizeof(int));
+    for (int i = 0; i < started; i++)
+        if (conns[i].subscribed == 1) subs[conns[i].coll]++;
+    printf("S");
+    for (int j = 0; j < ncoll; j++) printf(" %d", subs[j]);
+    printf("\n");
     printf("{\"events\":%llu,\"frames\":%llu,\"subscribed\":%llu,\"closed\":%llu,\"errors\":%llu,"
-           "\"span_s\":%.4f,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,"
+           "\"sub_failed\":%llu,\"span_s\":%.4f,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,"
            "\"max_ms\":%.3f,\"mean_ms\":%.3f,\"close_1012\":%llu,\"close_4008\":%llu}\n",
            (unsigned long long)events, (unsigned long long)frames,
            (unsigned long long)subscribed_n, (unsigned long long)closed_n,
-           (unsigned long long)errors_n, span, (unsigned long long)lat_n, pv[0], pv[1], pv[2],
+           (unsigned long long)errors_n, (unsigned long long)sub_failed_n, span, (unsigned long long)lat_n, pv[0], pv[1], pv[2],
            lat_max * 1000, lat_n ? lat_sum / lat_n * 1000 : 0,
            (unsigned long long)close_codes[1012], (unsigned long long)close_codes[4008]);
     fflush(stdout);
