@@ -1,0 +1,223 @@
+"""deploy/compose checked against the code (no Docker engine here, so the files are read).
+
+Every variable the services set is one the code reads and the README documents; every variable
+the code reads is documented; ports agree between binds, EXPOSE, health checks and nginx; the
+exact health-check commands of the Dockerfile and compose succeed against the real tiers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.redis_server import RedisServer
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is a test extra (pip install -e .[test])")
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "deploy" / "compose"
+CODE_DIRS = ("common", "ingest", "fanout", "devstack")
+ENV_NAME = re.compile(r"[\"']([A-Z][A-Z0-9]*_[A-Z0-9_]+)[\"']")
+# upper-case string literals in the code that are not environment variables
+NOT_ENV: set[str] = set()
+
+
+def code_env_vars() -> set[str]:
+    """Every environment variable name the code reads (string literals like "REDIS_URL")."""
+    names: set[str] = set()
+    for d in CODE_DIRS:
+        for path in (ROOT / d).rglob("*.py"):
+            names.update(ENV_NAME.findall(path.read_text()))
+    return names - NOT_ENV
+
+
+def readme_section(name: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    marker = f"<!-- section:{name} -->"
+    end = text.find(marker)
+    assert end != -1, f"README.md lost its {marker} marker"
+    start = text.rfind("\n## ", 0, end)
+    return text[start:end]
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((COMPOSE / name).read_text())
+    return data
+
+
+def merged() -> dict[str, Any]:
+    """compose.yaml with compose.cluster.yaml applied the way `docker compose -f a -f b` merges
+    services: maps merge key by key, the override's scalars and lists win."""
+    base, over = load("compose.yaml"), load("compose.cluster.yaml")
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(a[k], v) if k in a else v
+            return out
+        return b
+
+    return {k: merge(base.get(k), over.get(k)) if k in base else over[k]
+            for k in {*base, *over} if not k.startswith("x-")}
+
+
+def service_env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_every_variable_the_services_set_is_read_by_the_code_and_documented() -> None:
+    read = code_env_vars()
+    docs = readme_section("configuration")
+    for file in ("compose.yaml", "compose.cluster.yaml"):
+        for name, svc in load(file)["services"].items():
+            for var in service_env(svc):
+                assert var in read, f"{file}: {name} sets {var}, which no code reads"
+                assert f"`{var}`" in docs, f"{var} ({file}: {name}) is not in README configuration"
+
+
+def test_every_variable_the_code_reads_is_documented() -> None:
+    docs = readme_section("configuration")
+    missing = sorted(v for v in code_env_vars() if f"`{v}`" not in docs)
+    assert missing == [], f"README configuration does not document: {missing}"
+
+
+def test_tiers_get_what_they_require() -> None:
+    for file_services in (load("compose.yaml")["services"], merged()["services"]):
+        for tier in ("ingest", "fanout"):
+            env = service_env(file_services[tier])
+            assert env["REDIS_URL"].startswith("redis://redis:")
+            assert env["JWT_SECRET"].startswith("${JWT_SECRET:?"), "JWT_SECRET must be required"
+            assert env["LOG_FORMAT"] == "json"
+    cluster = merged()["services"]
+    assert service_env(cluster["ingest"])["REDIS_CLUSTER"] == "true"
+    assert service_env(cluster["fanout"])["REDIS_CLUSTER"] == "true"
+    assert "INGEST_WORKERS" in service_env(load("compose.yaml")["services"]["ingest"])
+
+
+def _port(bind: str) -> int:
+    return int(bind.rsplit(":", 1)[1])
+
+
+def _dockerfile_targets() -> dict[str, str]:
+    text = (COMPOSE / "Dockerfile").read_text()
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\w+)\s*$", text, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def test_dockerfile_targets_are_slim_non_root_with_health_checks() -> None:
+    text = (COMPOSE / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim AS base$", text, flags=re.M)
+    targets = _dockerfile_targets()
+    assert {"base", "ingest", "fanout"} <= set(targets)
+    assert re.search(r"^USER (?!root|0)", targets["base"], flags=re.M), "must not run as root"
+    scripts = (ROOT / "pyproject.toml").read_text()
+    for tier, default in (("ingest", "8000"), ("fanout", "8080")):
+        body = targets[tier]
+        assert f'CMD ["vski-{tier}"]' in body
+        assert f'vski-{tier} = "' in scripts, f"vski-{tier} is not a console script"
+        bind = re.search(rf"ENV {tier.upper()}_BIND=(\S+)", body)
+        assert bind and _port(bind.group(1)) == int(default)
+        assert f"EXPOSE {default}" in body
+        assert "HEALTHCHECK" in body and "/health" in body
+
+
+def test_ports_agree_between_binds_expose_healthchecks_and_nginx() -> None:
+    services = load("compose.yaml")["services"]
+    nginx = (COMPOSE / "nginx.conf").read_text()
+    for tier in ("ingest", "fanout"):
+        svc = services[tier]
+        port = _port(service_env(svc)[f"{tier.upper()}_BIND"])
+        assert svc["expose"] == [str(port)]
+        assert svc["build"]["target"] == tier
+        assert svc["build"]["dockerfile"] == "deploy/compose/Dockerfile"
+        assert (COMPOSE / svc["build"]["context"] / "pyproject.toml").exists()
+        hc = " ".join(svc["healthcheck"]["test"])
+        assert f"{tier.upper()}_BIND" in hc and "/health" in hc
+        assert re.search(rf"server {tier}:{port}\b.*# vski:upstream {tier}", nginx)
+    assert services["fanout"]["deploy"]["replicas"] == "${FANOUT_REPLICAS:-3}"
+    assert any(p.endswith(":80") for p in services["nginx"]["ports"])
+    assert re.search(r"listen 80;\s+# vski:listen", nginx)
+    assert services["nginx"]["volumes"] == ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
+
+
+def test_redis_runs_with_persistence_and_noeviction() -> None:
+    for svc_name, svc in merged()["services"].items():
+        if not svc_name.startswith("redis") or svc_name == "redis-cluster-init":
+            continue
+        cmd = svc["command"]
+        assert cmd[cmd.index("--appendonly") + 1] == "yes", svc_name
+        assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction", svc_name
+    cluster = merged()["services"]
+    nodes = [n for n in cluster if n.startswith("redis") and n != "redis-cluster-init"]
+    assert len(nodes) == 6
+    for n in nodes:
+        cmd = cluster[n]["command"]
+        assert cmd[cmd.index("--cluster-enabled") + 1] == "yes"
+    init = cluster["redis-cluster-init"]
+    assert "--cluster-replicas 1" in init["command"][0]
+    assert set(init["depends_on"]) == set(nodes)
+    for tier in ("ingest", "fanout"):
+        dep = cluster[tier]["depends_on"]["redis-cluster-init"]
+        assert dep["condition"] == "service_completed_successfully"
+
+
+def test_stop_grace_outlasts_the_tiers_own_drain() -> None:
+    services = load("compose.yaml")["services"]
+
+    def seconds(v: str) -> int:
+        return int(v.rstrip("s"))
+
+    assert seconds(services["fanout"]["stop_grace_period"]) > int(
+        service_env(services["fanout"])["FANOUT_DRAIN_SECONDS"]
+    )
+    assert seconds(services["ingest"]["stop_grace_period"]) > int(
+        service_env(services["ingest"])["INGEST_GRACEFUL_TIMEOUT"]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiers(redis_mod: RedisServer) -> Iterator[dict[str, Proc]]:
+    procs = {"ingest": ingest_proc(redis_mod.url, workers=1).start(),
+             "fanout": fanout_proc(redis_mod.url).start()}
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def _run_check(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert cmd[0] == "CMD"
+    argv = [sys.executable if cmd[1] == "python" else cmd[1], *cmd[2:]]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("tier", ["ingest", "fanout"])
+def test_the_health_check_commands_pass_against_the_real_tier(
+    tier: str, tiers: dict[str, Proc]
+) -> None:
+    proc = tiers[tier]
+    env = {**os.environ, f"{tier.upper()}_BIND": f"127.0.0.1:{proc.port}"}
+    compose_cmd = load("compose.yaml")["services"][tier]["healthcheck"]["test"]
+    ok = _run_check(compose_cmd, env)
+    assert ok.returncode == 0, ok.stderr
+    body = _dockerfile_targets()[tier]
+    m = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", body)
+    assert m, "HEALTHCHECK CMD not found"
+    docker_cmd = ["CMD", *yaml.safe_load(m.group(1))]
+    assert _run_check(docker_cmd, env).returncode == 0
+    # and it fails when nothing answers there (so it can catch a dead tier)
+    dead = {**env, f"{tier.upper()}_BIND": "127.0.0.1:9"}
+    assert _run_check(compose_cmd, dead).returncode != 0
