@@ -12,6 +12,7 @@ connection). On Redis Cluster the pipeline goes to the node that owns the collec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 
 from common.config import RetentionSettings
 from common.keys import collection_keys
@@ -59,8 +60,10 @@ def new_epoch() -> str:
 
 
 def _is_redirect(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, ResponseError) and text.startswith(("MOVED", "ASK"))
+    # redis-py parses "MOVED <slot> <addr>" into MovedError, whose message drops the word
+    if isinstance(exc, (MovedError, AskError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("MOVED", "ASK"))
 
 
 class EventStore:
@@ -131,6 +134,13 @@ class EventStore:
             target = self.client.get_node_from_key(stream_key).redis_connection
         try:
             return self._pipeline_once(target, argv)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if self.cluster:
+                # the node may be gone for good (failover): relearn the slot map so that the
+                # sender's retry goes to whichever node owns the slot by then
+                with contextlib.suppress(redis.RedisError, OSError):
+                    self.client.nodes_manager.initialize()
+            raise
         except ResponseError as exc:
             if not (self.cluster and _is_redirect(exc)):
                 raise

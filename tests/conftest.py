@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.redis_cluster import RedisClusterFixture, redis_cluster
 from tests.support.redis_server import RedisServer, redis_server
 
 
@@ -32,3 +33,11 @@ def redis_mod() -> Iterator[RedisServer]:
     """A real redis-server shared by the tests of one module (flush it if you need it empty)."""
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisClusterFixture]:
+    """A real Redis Cluster (3 masters + 3 replicas) shared by the whole run: it takes seconds
+    to start. Tests that kill or move things must leave it healed (``cluster.heal()``)."""
+    with redis_cluster() as cluster:
+        yield cluster
