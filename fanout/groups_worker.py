@@ -63,7 +63,9 @@ class MemberState:
     gone: bool = False
 
     def free(self, limit: int) -> int:
-        return 0 if self.gone else max(0, limit - len(self.inflight))
+        if self.gone or getattr(self.session, "closing", False):
+            return 0  # leaving (drain, slow, expired): give it nothing more
+        return max(0, limit - len(self.inflight))
 
     def release_one(self, sid: str) -> None:
         """``sid`` now belongs to another consumer: no longer held, but a late ACK is fine."""
@@ -72,6 +74,16 @@ class MemberState:
             self.released[sid] = held[0]
             while len(self.released) > RELEASED_MEMORY:
                 self.released.popitem(last=False)
+
+
+def _refund_rate_token(session: Any) -> None:
+    """A valid ACK answers an event the node chose to send, so it does not count against the
+    connection's message rate limit (else a member handling more than FANOUT_CLIENT_RATE
+    events/s would be closed as a flood and its events redelivered in a loop). Invalid ACKs are
+    not refunded: a flood of them still closes the connection."""
+    bucket = getattr(session, "bucket", None)
+    if bucket is not None and hasattr(bucket, "tokens") and hasattr(bucket, "burst"):
+        bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
 
 
 def _sid_key(sid: str) -> tuple[int, int]:
@@ -224,6 +236,7 @@ class GroupWorker:
                 f"event {ack_id[:80]!r} is not pending for this member of group {self.group!r}",
             )
         metrics.GROUP_ACKS.inc()
+        _refund_rate_token(session)
         try:
             await self.rds.ack([sid])
         except (redis.RedisError, OSError) as exc:
