@@ -26,7 +26,7 @@ from common.keys import CollectionKeys
 # entry is how the group's backlog survives that.) Returns {Redis time in ms, 1 if created}.
 _ENSURE = """
 local start = ARGV[2]
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+if start == '$' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   -- registered but missing: its stream was reset or expired since it was last used, so no
   -- event now in the stream was ever seen by it
   start = '0'

@@ -383,3 +383,23 @@ async def test_group_without_members_keeps_backlog_and_new_group_from_zero(
                 await publish(ingest, coll, 1, start=10)
                 assert await until(lambda: len(fresh.received) == 1, 10)
                 assert await until(lambda: len(history.received) == 7, 10)
+
+
+async def test_valid_acks_do_not_count_against_the_message_rate_limit(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    """A member handling more events/s than FANOUT_CLIENT_RATE must not be closed as a flood;
+    invalid ACKs still count."""
+    coll, n = "jobs_rate", 40
+    env = {**FAST, "FANOUT_CLIENT_RATE": "2", "FANOUT_CLIENT_BURST": "10"}
+    ledger = Ledger()
+    async with nodes(redis_mod, 1, env) as (a,), client(a, "busy", ledger) as busy:
+        await busy.subscribe(coll, "g")
+        await publish(ingest, coll, n)
+        assert await until(lambda: len(ledger.acks) == n, 20), len(ledger.acks)
+        assert busy.conn.close_code is None
+        for _ in range(30):  # a flood of bad ACKs is still a flood
+            with suppress(ConnectionClosed):
+                await busy.send_ack("1-1@nothing")
+        assert await until(lambda: busy.conn.close_code is not None, 10)
+        assert busy.conn.close_code == 1008
