@@ -40,6 +40,7 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_FLOOD = 1008
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
 
 
 class HubPort(Protocol):
@@ -185,6 +186,12 @@ class Session:
             message = getattr(exc, "message", None)
             if isinstance(code, str) and isinstance(message, str):
                 await self.send_error(code, message)  # hub/groups refusals (SubscribeError)
+                if code == "redis_unavailable":
+                    # the SDK ignores ERROR frames and would never re-subscribe: close, so it
+                    # reconnects and re-subscribes with its lastId (1013 = try again later)
+                    self.closing = True
+                    self.close_reason = "redis unavailable"
+                    await self.conn.close(CLOSE_TRY_AGAIN, "event store unavailable")
             else:
                 log.exception("message_failed", peer=self.peer, db=self.db)
                 await self.send_error("internal_error", "the server failed to handle the message")
