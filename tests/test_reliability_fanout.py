@@ -1,0 +1,209 @@
+"""Fanout nodes die or restart under load: clients resume on the other node with their lastId.
+
+Real processes (gunicorn ingest, two ``vski-fanout`` nodes, redis-server). Each case counts, per
+client, the events ingest answered 200 that never arrived (lost) and the ones that arrived twice
+(duplicated); the protocol resumes strictly after lastId, so both must be zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.chaos import (
+    ResumingClient,
+    WebhookPoster,
+    delivery,
+    faulty,
+    reported,
+    seq_order,
+    sum_delivery,
+    wait_for,
+)
+from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.redis_server import RedisServer
+
+DB = "chaos"
+NODE_ENV = {"FANOUT_DRAIN_SECONDS": "4", "FANOUT_CLIENT_RATE": "1000"}
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    ingest: Proc
+    nodes: list[Proc]
+
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def ensure_up(self) -> None:
+        for node in self.nodes:
+            if not node.alive():
+                node.stop()
+                node.start()
+
+
+@pytest.fixture(scope="module")
+def stack(redis_mod: RedisServer) -> Iterator[Stack]:
+    ingest = ingest_proc(redis_mod.url, workers=2).start()
+    nodes = [fanout_proc(redis_mod.url, **NODE_ENV).start() for _ in range(2)]
+    try:
+        yield Stack(redis_mod, ingest, nodes)
+    finally:
+        for p in (*nodes, ingest):
+            p.stop()
+
+
+async def open_clients(
+    stack: Stack, count: int, colls: list[str], start: int | None = None, delay: float = 0.1
+) -> list[ResumingClient]:
+    clients = []
+    for i in range(count):
+        first = i % 2 if start is None else start
+        clients.append(ResumingClient(stack.ports(), DB, colls, start=first, delay=delay).begin())
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)  # do not make the setup itself a storm
+    ok = await wait_for(lambda: all(len(c.subscribed) >= len(colls) for c in clients), 60)
+    assert ok, "clients did not all subscribe"
+    return clients
+
+
+async def stop_all(clients: list[ResumingClient]) -> None:
+    await asyncio.gather(*(c.stop() for c in clients))
+
+
+async def settle_delivery(
+    clients: list[ResumingClient], expected: dict[str, list[str]], timeout: float = 45
+) -> None:
+    def done() -> bool:
+        return all(
+            len(c.ids[coll]) >= len(ids) for c in clients for coll, ids in expected.items()
+        )
+
+    await wait_for(done, timeout)
+    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+
+
+def kill9(node: Proc) -> None:
+    node.signal(signal.SIGKILL)
+    node.stop()
+
+
+async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(stack: Stack) -> None:
+    stack.ensure_up()
+    colls = ["k9a", "k9b"]
+    with reported("fault", "kill -9 of a fanout node under load") as row:
+        clients = await open_clients(stack, 40, colls)
+        poster = WebhookPoster(stack.ingest.port, DB, colls, rate=120)
+        poster.start()
+        kills = 0
+        for victim in (stack.nodes[0], stack.nodes[1]):
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(kill9, victim)
+            kills += 1
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(victim.start)  # back for the next round's clients
+        await asyncio.sleep(1.0)
+        poster.stop()
+        await asyncio.to_thread(poster.join, 30)
+        expected = {c: seq_order(poster.ids_by_coll[c]) for c in colls}
+        await settle_delivery(clients, expected)
+        results = [delivery(expected[k], c.ids[k]) for c in clients for k in colls]
+        lost, dup, disorder = sum_delivery(results)
+        resumes = sum(c.connects - 1 for c in clients)
+        not_recovered = [s for c in clients for s in c.subscribed if not s["recovered"]]
+        row.update(
+            tried=f"{kills} kills (SIGKILL), 40 clients x 2 collections, {resumes} resumes",
+            events=sum(len(v) for v in expected.values()), clients=len(clients),
+            lost=lost, duplicated=dup,
+            notes=f"{poster.statuses[200]} webhooks answered 200 while nodes died",
+        )
+        await stop_all(clients)
+        assert poster.error is None and not poster.bad, (poster.error, poster.bad[:3])
+        assert resumes >= 60, f"only {resumes} reconnects: the kills did not hit the clients"
+        assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
+        assert not not_recovered, not_recovered[:3]
+        assert not [c.errors for c in clients if c.errors][:3]
+
+
+async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
+    stack: Stack,
+) -> None:
+    stack.ensure_up()
+    colls = ["heavy1", "heavy2"]
+    a = stack.nodes[0]
+    with reported("fault", "SIGTERM of a node during heavy broadcast") as row:
+        on_a = await open_clients(stack, 40, colls, start=0)
+        on_b = await open_clients(stack, 10, colls, start=1)
+        # two posters with ~1 KB records: a few hundred events/s into 50 clients
+        posters = [
+            WebhookPoster(stack.ingest.port, DB, coll, rate=150, pad=800) for coll in colls
+        ]
+        for p in posters:
+            p.start()
+        await asyncio.sleep(2.0)
+        a.signal(signal.SIGTERM)
+        assert a.proc is not None
+        rc = await asyncio.to_thread(a.proc.wait, 15)
+        await asyncio.sleep(1.5)
+        for p in posters:
+            p.stop()
+        for p in posters:
+            await asyncio.to_thread(p.join, 30)
+        expected = {p.colls[0]: seq_order(p.ids) for p in posters}
+        clients = on_a + on_b
+        await settle_delivery(clients, expected)
+        results = [delivery(expected[k], c.ids[k]) for c in clients for k in colls]
+        lost, dup, disorder = sum_delivery(results)
+        codes = [c.close_codes[0] if c.close_codes else None for c in on_a]
+        row.update(
+            tried="SIGTERM with 40 of 50 clients on the node, 2 collections, ~300 events/s",
+            events=sum(len(v) for v in expected.values()), clients=len(clients),
+            lost=lost, duplicated=dup,
+            notes=f"close codes seen: {sorted(set(codes), key=str)}; exit code {rc}",
+        )
+        await stop_all(clients)
+        await asyncio.to_thread(a.stop)
+        await asyncio.to_thread(a.start)
+        assert all(p.error is None and not p.bad for p in posters)
+        assert rc == 0
+        assert codes == [1012] * len(on_a), codes
+        assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
+        assert all(c.connects >= 2 for c in on_a)
+
+
+async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack) -> None:
+    stack.ensure_up()
+    coll = "storm"
+    victim = stack.nodes[0]
+    with reported("fault", "reconnect storm: 300 clients at once") as row:
+        clients = await open_clients(stack, 300, [coll], start=0, delay=0.01)
+        poster = WebhookPoster(stack.ingest.port, DB, coll, rate=25)
+        poster.start()
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(kill9, victim)  # all 300 reconnect to the other node at once
+        resumed = await wait_for(lambda: all(c.connects >= 2 for c in clients), 60)
+        await asyncio.sleep(1.5)
+        poster.stop()
+        await asyncio.to_thread(poster.join, 30)
+        expected = seq_order(poster.ids)
+        await settle_delivery(clients, {coll: expected}, timeout=60)
+        results = [delivery(expected, c.ids[coll]) for c in clients]
+        lost, dup, disorder = sum_delivery(results)
+        recovered = sum(1 for c in clients if c.subscribed[-1]["recovered"] is True)
+        row.update(
+            tried="node killed under 300 clients; all reconnect to one node with lastIds",
+            events=len(expected), clients=len(clients), lost=lost, duplicated=dup,
+            notes=f"{recovered}/300 resumed with recovered=true",
+        )
+        await stop_all(clients)
+        await asyncio.to_thread(victim.start)
+        assert resumed, f"{sum(c.connects < 2 for c in clients)} clients never reconnected"
+        assert recovered == len(clients)
+        assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
+        assert poster.error is None and not poster.bad
+        assert not [c.errors for c in clients if c.errors][:3]  # e.g. redis_unavailable
