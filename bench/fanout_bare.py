@@ -6,6 +6,8 @@ node's delivered events/s with this (run in the same benchmark run, pinned to th
 
 Usage: python bench/fanout_bare.py PORT  -- answers SUBSCRIBED to any message; on SIGUSR1
 broadcasts for BARE_SECONDS (default 5) and prints "SENT <frames> <seconds> <clients>".
+BARE_MODE=raw writes one prebuilt WebSocket frame (header + payload, encoded once) straight to
+each transport instead of calling ``broadcast()`` (which builds the frame per connection).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 FRAME = (
     b'{"type":"EVENT","collection":"c0","events":[{"id":"1795825890803-17@5b5e6e84",'
@@ -33,6 +36,8 @@ async def main(port: int) -> None:
         try:
             async for _ in conn:
                 await conn.send(b'{"type":"SUBSCRIBED","collection":"c0","last_id":"0"}', text=True)
+        except ConnectionClosed:
+            pass
         finally:
             conns.discard(conn)
 
@@ -42,6 +47,10 @@ async def main(port: int) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     seconds = float(os.environ.get("BARE_SECONDS", "5"))
+    raw = os.environ.get("BARE_MODE", "broadcast") == "raw"
+    n = len(FRAME)
+    header = bytes([0x81, n]) if n < 126 else bytes([0x81, 126, n >> 8, n & 0xFF])
+    wire = header + FRAME
     async with serve(handler, "127.0.0.1", port, compression=None, backlog=4096):
         print("LISTENING", flush=True)
         await go.wait()
@@ -50,7 +59,11 @@ async def main(port: int) -> None:
         started = time.monotonic()
         deadline = started + seconds
         while time.monotonic() < deadline:
-            broadcast(targets, FRAME, text=True)
+            if raw:
+                for c in targets:
+                    c.transport.write(wire)
+            else:
+                broadcast(targets, FRAME, text=True)
             sent += 1
             if sent % 8 == 0:
                 # backpressure: never let kernel-side slowness turn into unbounded buffers

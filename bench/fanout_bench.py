@@ -73,6 +73,10 @@ CASES = {
         note="saturation, 1 event/frame",
     ),
     "bare": Case("bare", 1000, 1, 0, 5, note="bare websockets.broadcast loop"),
+    "bareraw": Case(
+        "bareraw", 1000, 1, 0, 5, {"BARE_MODE": "raw"},
+        note="bare loop, prebuilt frame written to each transport",
+    ),
 }
 
 
@@ -256,8 +260,20 @@ class Poster:
         self.lock = threading.Lock()
         self.auth = f"Bearer {token()}"
         self.elapsed = 0.0
+        self.latencies: list[float] = []
+
+    def ingest_p50_ms(self) -> float:
+        lat = sorted(self.latencies)
+        return 1000 * lat[len(lat) // 2] if lat else 0.0
 
     def _post(self, i: int) -> bool:
+        started = time.perf_counter()
+        ok = self._post_once(i)
+        with self.lock:
+            self.latencies.append(time.perf_counter() - started)
+        return ok
+
+    def _post_once(self, i: int) -> bool:
         body = json.dumps({
             "database": self.db, "collection": f"c{i % self.colls}", "id": f"r{i}",
             "action": "create",
@@ -350,14 +366,15 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         "p50": res["p50_ms"], "p99": res["p99_ms"], "max": res["max_ms"],
         "loss": expected - res["events"], "expected": expected,
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9), "rss": rss, "hwm": hwm,
-        "closed": res["closed"], "sub_failed": res["sub_failed"], "note": case.note,
+        "closed": res["closed"], "sub_failed": res["sub_failed"],
+        "ingest_p50": poster.ingest_p50_ms(), "note": case.note,
     }
 
 
 def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
     a = stack.args
     port = free_port()
-    env = dict(os.environ, BARE_SECONDS=str(case.seconds))
+    env = dict(os.environ, BARE_SECONDS=str(case.seconds), **case.env)
     bare = subprocess.Popen(
         pinned(a.server_cpu, [sys.executable, str(ROOT / "bench" / "fanout_bare.py"), str(port)]),
         env=env, stdout=subprocess.PIPE, text=True,
@@ -385,28 +402,31 @@ def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
             bare.kill()
     span = max(res["span_s"], 1e-9)
     return {
-        "case": "bare", "clients": res["subscribed"], "colls": 1, "offered": 0,
+        "case": case.name, "clients": res["subscribed"], "colls": 1, "offered": 0,
         "posted_rate": 0, "posted": sent, "post_failed": 0,
         "events_s": res["events"] / span, "frames_s": res["frames"] / span, "ev_per_frame": 1.0,
         "p50": 0, "p99": 0, "max": 0, "loss": sent * clients - res["events"],
         "expected": sent * clients, "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
         "rss": rss, "hwm": hwm, "closed": res["closed"], "sub_failed": res["sub_failed"],
-        "note": case.note,
+        "ingest_p50": 0.0, "note": case.note,
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
-            "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB |")
-    lines = [head, "|" + " --- |" * 13]
+            "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB | "
+            "webhook answer p50 ms |")
+    lines = [head, "|" + " --- |" * 14]
     for r in rows:
-        lat = ("-", "-", "-") if r["case"] == "bare" else (
+        bare = r["case"].startswith("bare")
+        lat = ("-", "-", "-") if bare else (
             f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
-        rate = "-" if r["case"] == "bare" else f"{r['offered']:.0f} / {r['posted_rate']:.0f}"
+        rate = "-" if bare else f"{r['offered']:.0f} / {r['posted_rate']:.0f}"
         lines.append(
             f"| {r['case']} | {r['clients']} | {r['colls']} | {rate} | {r['events_s']:,.0f} | "
             f"{r['frames_s']:,.0f} | {r['ev_per_frame']:.1f} | {lat[0]} | {lat[1]} | {lat[2]} | "
-            f"{r['loss']} | {r['cpu']:.0f} | {r['rss']:.0f} |"
+            f"{r['loss']} | {r['cpu']:.0f} | {r['rss']:.0f} | "
+            f"{r['ingest_p50']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -439,7 +459,7 @@ def running(stack: Stack) -> Iterator[Stack]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cases", default="aim,a100,a500,b,c,sat1,bare")
+    p.add_argument("--cases", default="aim,a100,a500,b,c,sat1,bare,bareraw")
     p.add_argument("--repeat", type=int, default=1, help="runs per case; the table shows medians")
     p.add_argument("--seconds", type=float, default=None, help="override each case's duration")
     p.add_argument("--server-cpu", default="0")
@@ -466,7 +486,7 @@ def main() -> None:
                     case = Case(case.name, case.clients, case.colls, case.rate, a.seconds,
                                 case.env, case.note)
                 try:
-                    row = (run_bare(stack, client_bin, case) if name == "bare"
+                    row = (run_bare(stack, client_bin, case) if name.startswith("bare")
                            else run_node_case(stack, client_bin, case, rep * 100 + k))
                 except Exception as exc:  # one broken case must not lose the others
                     print(f"# run {rep + 1} {name} FAILED: {exc!r}", flush=True)
@@ -482,6 +502,9 @@ def main() -> None:
         ratio = by["sat1"]["events_s"] / max(by["bare"]["events_s"], 1)
         print(f"\nnode at saturation (1 event/frame) / bare broadcast ceiling: {ratio:.0%} "
               "(aim >= 70%)")
+    if "bareraw" in by and "bare" in by:
+        print(f"prebuilt frame to transport / broadcast(): "
+              f"{by['bareraw']['events_s'] / max(by['bare']['events_s'], 1):.0%}")
     for name in ("a500", "b"):
         if name in by and "bare" in by:
             print(f"{name} delivered events/s / bare ceiling: "
