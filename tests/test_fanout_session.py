@@ -288,3 +288,21 @@ async def test_sigterm_closes_connections_with_1012_within_drain_time(
         assert time.monotonic() - started < 5 + 2
     finally:
         proc.stop()
+
+
+async def test_compression_is_off_by_default_and_allowed_by_setting(
+    node: Proc, redis_mod: RedisServer
+) -> None:
+    url = f"/api/realtime?auth={make_token()}"
+    async with connect(node.ws_url + url, compression="deflate") as conn:
+        assert conn.response is not None
+        assert "Sec-WebSocket-Extensions" not in conn.response.headers
+    proc = fanout_proc(redis_mod.url, FANOUT_COMPRESSION="deflate").start()
+    try:
+        async with connect(proc.ws_url + url, compression="deflate") as conn:
+            assert conn.response is not None
+            assert "permessage-deflate" in conn.response.headers["Sec-WebSocket-Extensions"]
+            await conn.send(json.dumps({"type": "SUBSCRIBE", "collection": "z"}))
+            assert (await recv_json(conn))["type"] == "SUBSCRIBED"
+    finally:
+        proc.stop()
