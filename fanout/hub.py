@@ -62,6 +62,9 @@ class HubSettings:
     sweep_interval: float = 5.0  # safety net: re-read streams even without a notification
     linger: float = 5.0  # keep reading a collection this long after its last member left
     ping_interval: float = 5.0  # Redis pub/sub liveness check
+    # reading a replica (REDIS_READ_URL): how long a SUBSCRIBE whose lastId the replica has not
+    # applied yet waits for replication before the position is called unknown
+    replica_wait: float = 5.0
 
 
 class SubscribeError(Exception):
@@ -109,6 +112,7 @@ class Hub:
     def __init__(self, settings: HubSettings, common: CommonSettings) -> None:
         self.settings = settings
         self.prefix = common.redis.key_prefix
+        self.reads_replica = common.redis.read_url is not None
         self.redis = RedisNodes(
             common.redis, self._on_batch, self._on_resync, ping_interval=settings.ping_interval
         )
@@ -292,6 +296,8 @@ class Hub:
                 last = EventId.parse(last_id)
             except InvalidEventId:
                 last = None
+            if last is not None and self.reads_replica:
+                await self._wait_for_replica(stream, last)
             if last is None or last.epoch != stream.epoch or last.seq > stream.seq:
                 recovered = False  # not ours, another epoch, or ahead of Redis: replay all
             else:
@@ -335,6 +341,19 @@ class Hub:
             pos_ms, pos_seq = split_stream_id(entries[-1][0])
         metrics.REPLAY_EVENTS.observe(sent)
         return recovered
+
+    async def _wait_for_replica(self, stream: Stream, last: EventId) -> None:
+        """A client moving here from a region that reads the primary may hold an id that this
+        node's replica has not applied yet (replication lags). Wait, bounded, for the cursor to
+        reach it (live notifications advance it), instead of replaying the whole collection."""
+        deadline = time.monotonic() + self.settings.replica_wait
+        while time.monotonic() < deadline:
+            if stream.epoch is not None and (
+                stream.epoch != last.epoch or stream.seq >= last.seq
+            ):
+                return
+            await asyncio.sleep(0.02)
+        log.info("replica_behind_client", collection=stream.keys.collection, cursor=stream.seq)
 
     async def _xrange(self, key: str, start: str, end: str) -> list[Any]:
         try:
