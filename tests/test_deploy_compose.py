@@ -150,6 +150,11 @@ def test_ports_agree_between_binds_expose_healthchecks_and_nginx() -> None:
     assert any(p.endswith(":80") for p in services["nginx"]["ports"])
     assert re.search(r"listen 80;\s+# vski:listen", nginx)
     assert services["nginx"]["volumes"] == ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
+    # nginx refuses oversized webhooks itself, at exactly ingest's limit
+    m = re.search(r"client_max_body_size (\d+)m;", nginx)
+    assert m and int(m.group(1)) * 1024 * 1024 == int(
+        service_env(services["ingest"])["INGEST_MAX_BODY_BYTES"]
+    )
 
 
 def test_redis_runs_with_persistence_and_noeviction() -> None:
