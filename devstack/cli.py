@@ -231,7 +231,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vski-realtime", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--state-dir", help="dev state folder (default: $VSKI_STATE_DIR or ./.vski)")
+    state_help = "dev state folder (default: $VSKI_STATE_DIR or ./.vski)"
+    p.add_argument("--state-dir", help=state_help)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dev", help="run the whole local stack until Ctrl-C")
@@ -246,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--db", default="postgres", help="database used in the printed examples")
     d.add_argument("--collection", default="posts", help="collection used in the examples")
     d.add_argument("--quiet", action="store_true", help="tier logs only to <state>/logs")
+    d.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     d.set_defaults(func=cmd_dev)
 
     t = sub.add_parser("token", help="print a dev token signed with the configured secret")
     t.add_argument("--sub", default="dev", help="the token's subject (user id)")
     t.add_argument("--ttl", type=float, default=st.TOKEN_TTL_SECONDS, help="seconds")
     t.add_argument("--claim", action="append", default=[], help="extra claim key=value")
+    t.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     t.set_defaults(func=cmd_token)
 
     po = sub.add_parser("post", help="post a sample webhook to ingest")
@@ -262,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--record", help='record JSON, e.g. \'{"id":"r1","title":"Hi"}\'')
     po.add_argument("--count", type=int, default=1)
     po.add_argument("--token", help="bearer token (default: a fresh dev token)")
+    po.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     po.set_defaults(func=cmd_post)
 
     li = sub.add_parser("listen", help="subscribe like the SDK and print events")
@@ -274,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--no-reconnect", action="store_true")
     li.add_argument("--json", action="store_true", help="print every frame as JSON")
     li.add_argument("--token", help="bearer token (default: a fresh dev token)")
+    li.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     li.set_defaults(func=cmd_listen)
     return p
 

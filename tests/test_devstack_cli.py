@@ -1,4 +1,5 @@
-"""The README's first command, for real: ``vski-realtime dev`` with REDIS_URL unset on free ports.
+"""The README's first command, for real: ``python3 dev.py up`` (it execs ``vski-realtime dev``)
+with REDIS_URL unset, on free ports.
 
 It must start Redis (embedded), ingest and two fanout nodes, print a curl that produces an event
 on the printed WebSocket URL, and on Ctrl-C stop every process it started (no orphans).
@@ -50,7 +51,7 @@ async def _subscribe_and_wait(url: str, frame: str, trigger: list[str], title: s
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_first_command_curl_reaches_websocket_and_ctrl_c_stops_all() -> None:
-    stack = DevStack().start()
+    stack = DevStack(via_dev_py=True).start()
     pids: dict[str, int] = {}
     try:
         info = stack.info()

@@ -26,6 +26,7 @@ from typing import Any
 from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def group_alive(pgid: int) -> bool:
@@ -70,8 +71,13 @@ class DevStack:
     ingest_port: int = 0
     fanout_port: int = 0
     console_port: int = 0
+    via_dev_py: bool = False  # start it exactly as the README says: python3 dev.py up
 
     def command(self) -> list[str]:
+        if self.via_dev_py:
+            # dev.py reuses this virtualenv (VSKI_VENV) and execs `vski-realtime dev`
+            return [sys.executable, str(ROOT / "dev.py"), "up", "--state-dir", str(self.state),
+                    *self.args]
         return [str(BIN / "vski-realtime"), "--state-dir", str(self.state), "dev", *self.args]
 
     def start(self, timeout: float = 90) -> DevStack:
@@ -86,6 +92,8 @@ class DevStack:
                if k not in ("REDIS_URL", "JWT_SECRET", "PROMETHEUS_MULTIPROC_DIR")}
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.via_dev_py:
+            env["VSKI_VENV"] = sys.prefix
         self.proc = subprocess.Popen(
             self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
