@@ -51,6 +51,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from devstack.stack import Stack, StackOptions
 
     state = st.state_dir(args.state_dir)
+    try:
+        lock = st.lock_state(state)  # held until this process exits
+    except st.StateBusy as exc:
+        return _fail(str(exc))
     wanted = {"--ingest-port": args.ingest_port}
     for i in range(args.fanout_nodes):
         wanted[f"--fanout-port (node {i + 1})"] = args.fanout_port + i
@@ -121,6 +125,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             console.stop()
         stack.stop()
         st.clear_stack_info(state)
+        lock.close()
         print("stopped", flush=True)
     return code
 

@@ -7,12 +7,13 @@ is generated once and kept in ``<state>/jwt_secret`` (mode 0600), so tokens mint
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jwt
 
@@ -74,3 +75,28 @@ def read_stack_info(state: Path) -> dict[str, Any]:
 
 def clear_stack_info(state: Path) -> None:
     (state / "stack.json").unlink(missing_ok=True)
+
+
+class StateBusy(RuntimeError):
+    """Another ``vski-realtime dev`` uses this state folder: two Redis on one AOF corrupt it."""
+
+
+def lock_state(state: Path) -> IO[str]:
+    """Hold ``<state>/dev.lock`` for the supervisor's lifetime (released by the OS on exit)."""
+    state.mkdir(parents=True, exist_ok=True)
+    f = (state / "dev.lock").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise StateBusy(
+            f"another `vski-realtime dev` (pid {owner}) is using {state}: stop it, or pass "
+            "--state-dir for a separate stack"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -195,6 +195,16 @@ def test_busy_port_is_refused_with_the_flag_to_change(stack: DevStack) -> None:
     assert "--ingest-port" in out.stderr
 
 
+def test_a_second_stack_on_the_same_state_folder_is_refused(stack: DevStack) -> None:
+    out = subprocess.run(
+        [CLI, "--state-dir", str(stack.state), "dev", "--ingest-port", "0", "--fanout-port", "0",
+         "--console-port", "0", "--no-console"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert "another `vski-realtime dev`" in out.stderr and str(stack.state) in out.stderr
+
+
 def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
