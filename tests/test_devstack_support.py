@@ -151,13 +151,14 @@ class DevStack:
                 self.proc.wait(5)
         return self.proc.returncode
 
-    def cleanup(self, pids: dict[str, int] | None = None) -> None:
+    def cleanup(self, pids: dict[str, int] | None = None, *, keep_state: bool = False) -> None:
         """Never leave anything behind, even when a test failed half-way."""
         self.stop()
         for pid in (pids or {}).values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        shutil.rmtree(self.state, ignore_errors=True)
+        if not keep_state:
+            shutil.rmtree(self.state, ignore_errors=True)
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
