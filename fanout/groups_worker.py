@@ -117,6 +117,8 @@ class GroupWorker:
         self.unwatch: Any = None
         self.stopped = False
         self._next_cleanup = 0.0
+        self._acks: list[str] = []
+        self._ack_task: asyncio.Task[None] | None = None
         self._labels = (database, collection, group)
 
     # ------------------------------------------------------------------ lifecycle
@@ -135,6 +137,7 @@ class GroupWorker:
             with contextlib.suppress(Exception):
                 self.unwatch()
             self.unwatch = None
+        await self._acks_flushed()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -171,6 +174,7 @@ class GroupWorker:
         metrics.GROUP_MEMBERS.dec()
         for sid in member.inflight:
             self.holder.pop(sid, None)
+        await self._acks_flushed()  # what it ACKed is not handed on
         async with self.lock:
             try:
                 await self._release(member, hand_over)
@@ -237,14 +241,34 @@ class GroupWorker:
             )
         metrics.GROUP_ACKS.inc()
         _refund_rate_token(session)
-        try:
-            await self.rds.ack([sid])
-        except (redis.RedisError, OSError) as exc:
-            if is_nogroup(exc):
-                return  # the group was reset with its stream: nothing left to confirm
-            raise GroupError(
-                "redis_unavailable", "the ACK could not be stored; the event may come again"
-            ) from None
+        self._acks.append(sid)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        """One XACK for all ACKs that arrived in the same loop turn (across members): the ACK
+        path is the hot path of a busy group. An XACK that fails leaves the events pending:
+        they come again after the visibility timeout (at-least-once)."""
+        await asyncio.sleep(0)
+        while self._acks:
+            ids, self._acks = self._acks, []
+            try:
+                await self.rds.ack(ids)
+            except (redis.RedisError, OSError) as exc:
+                if not is_nogroup(exc):  # NOGROUP: reset with its stream, nothing to confirm
+                    log.warning(
+                        "group_ack_failed",
+                        collection=self.collection,
+                        group=self.group,
+                        events=len(ids),
+                        error=type(exc).__name__,
+                    )
+
+    async def _acks_flushed(self) -> None:
+        task = self._ack_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
     # ------------------------------------------------------------------ the loop
 
