@@ -160,8 +160,8 @@ def server_proc(cfg: Config, redis_port: int, cpus: str | None) -> Iterator[int]
 
 
 def run_wrk(port: int, duration: float, conns: int, threads: int, cpus: str | None,
-            token: str, nonce: str) -> dict[str, int]:
-    env = dict(os.environ, VSKI_TOKEN=token, VSKI_NONCE=nonce)
+            token: str, nonce: str, close: bool = False) -> dict[str, int]:
+    env = dict(os.environ, VSKI_TOKEN=token, VSKI_NONCE=nonce, VSKI_CLOSE="1" if close else "0")
     cmd = [*taskset(cpus), "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s",
            "--timeout", "5s", "-s", str(HERE / "ingest_wrk.lua"), f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
@@ -182,12 +182,12 @@ def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
                        algorithm="HS256")
     with redis_proc(args.server_cpus) as rport, server_proc(cfg, rport, args.server_cpus) as port:
         run_wrk(port, args.warmup, args.connections, args.wrk_threads, args.wrk_cpus, token,
-                f"w{rep}{cfg.label}")
+                f"w{rep}{cfg.label}", args.close)
         before = stored_events(rport) if cfg.app == "ingest" else 0
         pids = [SERVER_PIDS[-1], REDIS_PIDS[-1]]
         cpu_before = cpu_seconds(pids)
         s = run_wrk(port, args.duration, args.connections, args.wrk_threads, args.wrk_cpus,
-                    token, f"m{rep}{cfg.label}")
+                    token, f"m{rep}{cfg.label}", args.close)
         cpu = cpu_seconds(pids) - cpu_before
         stored = stored_events(rport) - before if cfg.app == "ingest" else s["requests"]
     errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
@@ -209,6 +209,9 @@ def main() -> None:
     ap.add_argument("--gthread", default="", help="extra gthread rows as WORKERSxTHREADS,...")
     ap.add_argument("--server-cpus", default="0,1", help="taskset CPUs of Redis and gunicorn")
     ap.add_argument("--wrk-cpus", default="1", help="taskset CPUs of wrk")
+    ap.add_argument("--close", action="store_true",
+                    help="send Connection: close (a new connection per webhook); the sync worker "
+                    "closes after every response anyway, gthread keeps connections alive")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk (or build it from "
@@ -240,7 +243,8 @@ def main() -> None:
             ratios[cfg.label].append(this[cfg.label].rate / floor.rate)
 
     print(f"\nmedians of {args.runs} runs, {args.duration:g} s each, {args.connections} "
-          f"connections, server CPUs {args.server_cpus}, wrk CPUs {args.wrk_cpus}")
+          f"connections{' (Connection: close)' if args.close else ''}, "
+          f"server CPUs {args.server_cpus}, wrk CPUs {args.wrk_cpus}")
     print(f"| {'configuration':22s} | webhooks/s | p50 ms | p99 ms | ratio to bare "
           "| server CPU µs/req | errors |")
     print(f"| {'-' * 22} | ---------- | ------ | ------ | ------------- "

@@ -4,6 +4,9 @@
 local token = os.getenv("VSKI_TOKEN") or ""
 local nonce = os.getenv("VSKI_NONCE") or tostring(os.time())
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}
+if os.getenv("VSKI_CLOSE") == "1" then
+  headers["Connection"] = "close"  -- a new connection per webhook, like a sender without keep-alive
+end
 local counter = 0
 local threads = {}
 

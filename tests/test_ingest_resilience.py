@@ -205,3 +205,67 @@ def test_redis_flapping_soak(redis_srv: RedisServer) -> None:
                 timeout=15, interval=0.2)
     finally:
         proc.stop()
+
+
+def test_gthread_workers(redis_srv: RedisServer) -> None:
+    """INGEST_WORKER_CLASS=gthread: keep-alive connections, the same contract, same recovery."""
+    import http.client
+
+    proc = ingest_proc(redis_srv.url, workers=2, INGEST_WORKER_CLASS="gthread",
+                       INGEST_THREADS="4", REDIS_TIMEOUT="1").start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+        headers = {"Content-Type": "application/json",
+                   "Authorization": f"Bearer {make_token()}"}
+        ids = []
+        for i in range(5):  # one kept-alive connection, several webhooks
+            conn.request("POST", "/webhook", webhook_body(collection="gt", record_id=f"{i}"),
+                         headers)
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("connection") != "close"
+            ids.append(json.loads(resp.read())["id"])
+        conn.close()
+        assert [int(i.split("@")[0].split("-")[1]) for i in ids] == [1, 2, 3, 4, 5]
+
+        body = webhook_body(collection="gt", record_id="same")
+        barrier = threading.Barrier(12)
+        replies: list[Reply] = []
+
+        def send() -> None:
+            barrier.wait()
+            replies.append(post_webhook(proc.port, body, timeout=30))
+
+        threads = [threading.Thread(target=send) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert {r.status for r in replies} == {200}
+        assert len({r.json()["id"] for r in replies}) == 1
+        assert xlen(redis_srv, "gt") == 6
+
+        redis_srv.stop(kill=True)
+        reply = post_webhook(proc.port, webhook_body(collection="gt", record_id="down"))
+        assert_503(reply, "redis_unavailable")
+        assert reply.elapsed < BOUND
+        redis_srv.start()
+        assert wait_until(lambda: post_webhook(
+            proc.port, webhook_body(collection="gt", record_id="up")).status == 200,
+            timeout=15, interval=0.2)
+
+        freeze(redis_srv, True)
+        result: dict[str, Any] = {}
+        try:
+            sender = threading.Thread(target=lambda: result.update(
+                reply=post_webhook(proc.port, webhook_body(collection="gt2"), timeout=30)))
+            sender.start()
+            time.sleep(0.5)
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.3)
+        finally:
+            freeze(redis_srv, False)
+        sender.join(30)
+        assert result["reply"].status == 200
+        assert proc.proc is not None and proc.proc.wait(30) == 0
+    finally:
+        proc.stop()
