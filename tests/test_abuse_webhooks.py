@@ -222,7 +222,7 @@ def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None
             socks = [slowloris(proc.port, body=i % 2 == 0) for i in range(3)]
             time.sleep(0.3)
             try:
-                reply = post_webhook(proc.port, webhook_body(record_id="gthread"), timeout=12)
+                reply = post_webhook(proc.port, webhook_body(record_id="gthread"), timeout=6)
                 status = reply.status
             except TimeoutError:
                 status = 0
@@ -232,7 +232,7 @@ def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None
                 tried="3 stalled senders on 1 worker x 2 threads", events=0, clients=0,
                 lost=0, duplicated=0,
                 notes="valid webhook answered" if status == 200
-                else "valid webhook got no answer in 12 s",
+                else "valid webhook got no answer in 6 s",
             )
             assert status == 200, "ingest stopped answering while senders stalled"
     finally:
@@ -262,8 +262,7 @@ def test_rate_limit_answers_429_with_retry_after(redis_mod: RedisServer) -> None
             time.sleep(max(int(x) for x in retry_after if x) if limited else 0)
             again = post_webhook(proc.port, webhook_body(record_id="rl-after"), token=token)
             row.update(
-                tried=f"80 webhooks in {elapsed:.1f} s from one address", events=len(ok),
-                clients=1, lost=0, duplicated=0,
+                tried=f"80 webhooks in {elapsed:.1f} s from one address", clients=1,
                 notes=f"{len(ok)} accepted (bound {allowed:.0f}), {len(limited)} answered 429 "
                 f"with Retry-After {sorted(x for x in retry_after if x)}",
             )

@@ -17,7 +17,7 @@ import contextlib
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +83,7 @@ async def _reader(conn: ClientConnection, out: Attack) -> None:
     out.close_reason = conn.close_reason or ""
 
 
-async def attack(port: int, frames: list[str | bytes], *, settle: float = 2.0) -> Attack:
+async def attack(port: int, frames: Sequence[str | bytes], *, settle: float = 2.0) -> Attack:
     """Open a connection, send ``frames`` as fast as the socket takes them (yielding now and
     then so the probe in this process keeps its timing), read everything the node answers."""
     out = Attack()

@@ -33,7 +33,7 @@ from tests.support.chaos import reported
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CLIENT_CODES = {"invalid_json", "unknown_type", "invalid_message", "invalid_name"}
 WEBHOOK_CODES = {"invalid_json", "invalid_payload", "invalid_action", "invalid_name"}
-EXAMPLES = 1500
+EXAMPLES = 1000
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(

@@ -12,7 +12,7 @@ import random
 import signal
 import time
 
-from tests.support.chaos import WebhookPoster, children, http_get, reported
+from tests.support.chaos import WebhookPoster, children, http_get, reported, stream_ids
 from tests.support.procs import ingest_proc, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -60,10 +60,7 @@ def test_worker_killed_mid_request_is_replaced_and_nothing_is_stored_twice(
             broken = sum(p.statuses[0] for p in posters)
             r = redis_srv.client()
             stored = r.xlen(f"vski:{{{DB}/{coll}}}:s")
-            epoch = (r.hget(f"vski:{{{DB}/{coll}}}:m", "e") or b"").decode()
-            in_stream = {
-                f"{sid.decode()}@{epoch}" for sid, _ in r.xrange(f"vski:{{{DB}/{coll}}}:s")
-            }
+            in_stream = set(stream_ids(r, DB, coll))
             status, _ = http_get(ingest.port, "/health")
             row.update(
                 tried=f"{len(killed)} workers killed under 3 senders (~{len(ids)} webhooks)",

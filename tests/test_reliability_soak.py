@@ -173,13 +173,17 @@ async def soak(stack: Stack, seconds: float, population: int, label: str) -> Non
         lost, dup, disorder = sum_delivery(results)
         grown = {name: growth(samples) for name, samples in sampler.samples.items()}
         # every churned session is gone: only the 4 stable clients (2 subscriptions each) remain
-        left = await asyncio.to_thread(
-            lambda: [
+        per_node = [float(sum(1 for s in stable if s.port == n.port)) for n in stack.nodes]
+        want = [(c, 2 * c) for c in per_node]
+
+        def gauges() -> list[tuple[float, float]]:
+            return [
                 (gauge(n, "vski_fanout_connections"), gauge(n, "vski_fanout_subscriptions"))
                 for n in stack.nodes
             ]
-        )
-        per_node = [float(sum(1 for s in stable if s.port == n.port)) for n in stack.nodes]
+
+        await wait_for(lambda: gauges() == want, 10, 0.5)
+        left = gauges()
         mem = "; ".join(
             f"{name} {g.first_kb / 1024:.0f}->{g.last_kb / 1024:.0f} MB"
             for name, g in grown.items()
@@ -194,8 +198,7 @@ async def soak(stack: Stack, seconds: float, population: int, label: str) -> Non
             await s.stop()
         assert poster.error is None and not poster.bad
         assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
-        assert [conns for conns, _ in left] == per_node, (left, per_node)
-        assert [subs for _, subs in left] == [2 * c for c in per_node], left
+        assert left == want, f"(connections, subscriptions) per node {left}, want {want}"
         for name, g in grown.items():
             if name == "redis":
                 continue  # Redis holds the growing streams (bounded by retention, not by us)

@@ -479,6 +479,15 @@ def metric_value(text: str, name: str) -> float | None:
     return None
 
 
+def stream_ids(client: Any, db: str, coll: str, prefix: str = "vski") -> list[str]:
+    """Client-visible ids of every event Redis retains for one collection, in stream order."""
+    epoch = client.hget(f"{prefix}:{{{db}/{coll}}}:m", "e")
+    if epoch is None:
+        return []
+    entries = client.xrange(f"{prefix}:{{{db}/{coll}}}:s")
+    return [f"{sid.decode()}@{epoch.decode()}" for sid, _ in entries]
+
+
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

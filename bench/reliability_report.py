@@ -1,0 +1,108 @@
+"""Render the README's reliability table from the rows the reliability/abuse suite wrote.
+
+Each case of ``tests/test_reliability_*.py``, ``tests/test_abuse_*.py`` and
+``tests/test_fuzz_*.py`` writes one JSON row (``tests/support/chaos.py: reported``) into
+``$VSKI_RELIABILITY_DIR`` (default ``.vski/reliability/``): what was tried, how many events and
+clients, how many events were lost or duplicated, and the result. Run the suite, then this:
+
+    .venv/bin/pytest tests/test_reliability_*.py tests/test_abuse_*.py tests/test_fuzz_*.py
+    .venv/bin/python bench/reliability_report.py            # markdown table on stdout
+
+``--since-minutes N`` ignores rows older than N minutes (from an earlier run); ``--json`` prints
+the rows instead. Exit status 1 if any row failed (a "known bug" row is an expected failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+AREAS = {"fault": "fault", "soak": "soak", "hostile": "hostile input"}
+
+
+def load(folder: Path, since_minutes: float | None) -> list[dict[str, Any]]:
+    rows = []
+    cutoff = time.time() - since_minutes * 60 if since_minutes else 0.0
+    for path in sorted(folder.glob("*.json")):
+        if path.stat().st_mtime < cutoff:
+            continue
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"skipping {path.name}: {exc}", file=sys.stderr)
+    order = list(AREAS)
+    # by area, then in the order the suite ran them
+    rows.sort(key=lambda r: (order.index(r["area"]) if r["area"] in order else 99, r.get("at", "")))
+    return rows
+
+
+def cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| area | case | what was tried (how often) | events checked | clients | lost "
+        "| duplicated | result | observed |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        result = r.get("result", "?")
+        if result == "FAIL":
+            result = "**FAIL**"
+        observed = r.get("notes") or ""
+        if r.get("error") and result != "pass":
+            observed = f"{observed} ({r['error']})".strip()
+        delivered = bool(r.get("events"))  # lost/duplicated only mean something with events
+        lines.append(
+            "| " + " | ".join(
+                cell(x) for x in (
+                    AREAS.get(r["area"], r["area"]), r["case"], r.get("tried"),
+                    r.get("events") or None, r.get("clients") or None,
+                    r.get("lost") if delivered else None,
+                    r.get("duplicated") if delivered else None, result, observed,
+                )
+            ) + " |"
+        )
+    lost = sum(int(r.get("lost") or 0) for r in rows if r.get("result") == "pass")
+    dup = sum(int(r.get("duplicated") or 0) for r in rows if r.get("result") == "pass")
+    counts = {k: sum(r.get("result") == k for r in rows) for k in ("pass", "known bug", "FAIL")}
+    lines.append("")
+    lines.append(
+        f"{len(rows)} cases: {counts['pass']} passed, {counts['known bug']} known bug(s) "
+        f"(xfail), {counts['FAIL']} failed; {lost} events lost and {dup} duplicated "
+        "in the passing cases."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dir", type=Path,
+        default=Path(os.environ.get("VSKI_RELIABILITY_DIR") or ROOT / ".vski" / "reliability"),
+    )
+    parser.add_argument("--since-minutes", type=float, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"no results in {args.dir}: run the reliability suite first", file=sys.stderr)
+        return 2
+    rows = load(args.dir, args.since_minutes)
+    if not rows:
+        print(f"no result rows in {args.dir}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=1) if args.json else render(rows))
+    return 1 if any(r.get("result") == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
