@@ -23,6 +23,7 @@ import jwt
 import pytest
 import websockets
 
+from tests.support.redis_server import RedisServer
 from tests.test_devstack_support import BIN, DevStack, group_alive
 
 CLI = str(BIN / "vski-realtime")
@@ -312,3 +313,21 @@ async def _frames_until_subscribed(url: str, msg: dict) -> list[dict]:  # type: 
             frames.append(frame)
             if frame.get("type") == "SUBSCRIBED":
                 return frames
+
+
+def test_with_redis_url_set_nothing_is_embedded(redis_srv: RedisServer) -> None:
+    s = DevStack(args=["--quiet", "--fanout-nodes", "1", "--no-console"],
+                 env={"REDIS_URL": redis_srv.url}).start()
+    pids = s.info()["pids"]
+    try:
+        assert "redis" not in pids
+        assert s.printed(r"^redis\s").endswith("(REDIS_URL)")
+        out = _cli(s, "post", "--collection", "ext")
+        assert out.returncode == 0, out.stderr
+        event_id = json.loads(out.stdout.split(" ", 1)[1])["id"]
+        # stored in the Redis we gave it
+        assert redis_srv.client().xlen("vski:{postgres/ext}:s") == 1
+    finally:
+        s.cleanup(pids)
+    assert event_id.count("@") == 1
+    assert not (s.state / "redis").exists()
