@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
+
+import msgspec
+from gunicorn import util as _gunicorn_util
 
 from common.config import ConfigError
 from common.logs import get_logger, setup_logging
@@ -47,6 +51,23 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _owned_metrics_dir: str | None = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 else:
     _owned_metrics_dir = None
+
+
+def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn refuses malformed HTTP (bad request line, bad Content-Length, oversized headers)
+    before the app runs; answer those in the same JSON shape as the app, not gunicorn's HTML."""
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
+    body = msgspec.json.encode(
+        {"error": code, "message": f"malformed HTTP request: {mesg}"[:300]}
+    )
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    _gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+_gunicorn_util.write_error = _json_write_error  # workers are forked after this module ran
 
 
 def on_starting(server: Any) -> None:
