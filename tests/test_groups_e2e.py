@@ -50,12 +50,16 @@ def ingest(redis_mod: RedisServer) -> Iterator[Proc]:
         proc.stop()
 
 
+async def nodes_started(procs: list[Proc]) -> list[Proc]:
+    await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+    return procs
+
+
 @asynccontextmanager
 async def nodes(redis: RedisServer, count: int, env: dict[str, str]) -> AsyncIterator[list[Proc]]:
     procs = [fanout_proc(redis.url, **env) for _ in range(count)]
     try:
-        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
-        yield procs
+        yield await nodes_started(procs)
     finally:
         for p in procs:
             p.stop()
