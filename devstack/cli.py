@@ -50,6 +50,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from devstack.embedded_redis import NoRedisBinary
     from devstack.stack import Stack, StackOptions
 
+    if args.fanout_nodes < 1 or args.ingest_workers < 1:
+        return _fail("--fanout-nodes and --ingest-workers must be at least 1")
     state = st.state_dir(args.state_dir)
     try:
         lock = st.lock_state(state)  # held until this process exits
