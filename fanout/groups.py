@@ -40,7 +40,7 @@ GroupKey = tuple[str, str, str]  # (database, collection, group)
 
 def config_from(settings: FanoutSettings) -> GroupConfig:
     visibility = settings.group_visibility_seconds
-    period = settings.group_reclaim_seconds or min(5.0, max(0.1, visibility / 4))
+    period = max(0.05, settings.group_reclaim_seconds or min(5.0, visibility / 4))
     return GroupConfig(
         max_inflight=settings.group_max_inflight,
         visibility_ms=int(visibility * 1000),
