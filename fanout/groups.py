@@ -23,6 +23,8 @@ import secrets
 from typing import Any
 
 import redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from common.keys import collection_keys
 from common.logs import get_logger
@@ -36,6 +38,17 @@ log = get_logger("fanout.groups")
 __all__ = ["GroupError", "Groups", "build", "config_from"]
 
 GroupKey = tuple[str, str, str]  # (database, collection, group)
+
+
+def _group_client(settings: FanoutSettings) -> Any:
+    """The primary (``REDIS_URL``; group reads are writes), retrying a command a few times on a
+    connection error: after a Redis restart the first command on each pooled connection fails,
+    and a lost XACK would mean a needless redelivery. Retrying is safe here: XACK and the
+    scripts are idempotent, and an XREADGROUP whose reply was lost leaves its entries pending,
+    to be reclaimed after the visibility timeout."""
+    client = async_client(settings.common.redis)
+    client.set_retry(Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
+    return client
 
 
 def config_from(settings: FanoutSettings) -> GroupConfig:
@@ -56,7 +69,7 @@ class Groups:
         self.config = config_from(settings)
         self.prefix = settings.common.redis.key_prefix
         self.retention_ms = settings.common.retention.max_age_ms
-        self.client = client or async_client(settings.common.redis)  # primary: REDIS_URL
+        self.client = client or _group_client(settings)
         self.node_id = secrets.token_hex(4)
         self.workers: dict[GroupKey, GroupWorker] = {}
         self.starting: dict[GroupKey, asyncio.Future[GroupWorker]] = {}

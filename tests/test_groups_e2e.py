@@ -435,3 +435,42 @@ async def test_draining_node_hands_its_members_events_to_the_other_node(
         draining.forget_holdings()
         assert await until(lambda: set(held) <= set(staying.received), 15)
         assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+
+
+async def test_redis_restart_losing_data_group_is_recreated_and_delivery_goes_on(
+    redis_srv: RedisServer,
+) -> None:
+    """Redis restarts without persistence: the group and its stream are gone (new epoch). The
+    worker recreates the group; events after the restart reach the members."""
+    coll = "jobs_restart"
+    ledger = Ledger()
+    ing = ingest_proc(redis_srv.url, workers=1)
+    await asyncio.to_thread(ing.start)
+    try:
+        async with (
+            nodes(redis_srv, 1, FAST) as (a,),
+            client(a, "m1", ledger) as m1,
+        ):
+            await m1.subscribe(coll, "g")
+            await publish(ing, coll, 3)
+            assert await until(lambda: len(ledger.acks) == 3, 10)
+            await asyncio.to_thread(redis_srv.restart)
+            assert not redis_srv.client().exists(stream_key(coll))
+
+            async def publish_later() -> None:  # ingest answers 503 until it reconnects
+                for _ in range(100):
+                    with suppress(AssertionError):
+                        await publish(ing, coll, 1, start=10)
+                        return
+                    await asyncio.sleep(0.1)
+
+            await publish_later()
+            await publish(ing, coll, 4, start=11)
+            assert await until(lambda: len(ledger.acks) == 8, 20), (ledger.acks, m1.errors)
+            epochs = {eid.split("@")[1] for eid in ledger.acks}
+            assert len(epochs) == 2, "ids of the new epoch after the data loss"
+            assert redis_srv.client().xinfo_groups(stream_key(coll))[0]["name"] == b"g"
+            # the ACKs reached the restarted Redis (stale pooled connections are retried)
+            assert await until(lambda: not pending(redis_srv, coll, "g"), 10)
+    finally:
+        ing.stop()
