@@ -207,3 +207,38 @@ async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack) -> None:
         assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
         assert poster.error is None and not poster.bad
         assert not [c.errors for c in clients if c.errors][:3]  # e.g. redis_unavailable
+
+
+async def test_whole_fanout_tier_killed_and_restarted(stack: Stack) -> None:
+    """Both nodes die at once: clients retry until a node is back, then resume."""
+    stack.ensure_up()
+    coll = "tier"
+    with reported("fault", "whole fanout tier kill -9, back 2 s later") as row:
+        clients = await open_clients(stack, 30, [coll])
+        poster = WebhookPoster(stack.ingest.port, DB, coll, rate=60)
+        poster.start()
+        await asyncio.sleep(1.5)
+        await asyncio.gather(*(asyncio.to_thread(kill9, n) for n in stack.nodes))
+        await asyncio.sleep(2.0)  # events keep being stored meanwhile: nobody is connected
+        await asyncio.gather(*(asyncio.to_thread(n.start) for n in stack.nodes))
+        await wait_for(lambda: all(c.connects >= 2 for c in clients), 30)
+        await asyncio.sleep(1.0)
+        poster.stop()
+        await asyncio.to_thread(poster.join, 30)
+        expected = seq_order(poster.ids)
+        await settle_delivery(clients, {coll: expected})
+        results = [delivery(expected, c.ids[coll]) for c in clients]
+        lost, dup, disorder = sum_delivery(results)
+        failed = sum(c.failed_connects for c in clients)
+        row.update(
+            tried="2 nodes SIGKILLed together under 30 clients, restarted after 2 s",
+            events=len(expected), clients=len(clients), lost=lost, duplicated=dup,
+            notes=f"{failed} refused reconnect attempts while no node was up; "
+            f"{sum(s['recovered'] for c in clients for s in c.subscribed[1:])} resumes "
+            "recovered=true",
+        )
+        await stop_all(clients)
+        assert poster.error is None and not poster.bad
+        assert all(c.connects >= 2 for c in clients)
+        assert all(s["recovered"] for c in clients for s in c.subscribed)
+        assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
