@@ -472,5 +472,7 @@ async def test_redis_restart_losing_data_group_is_recreated_and_delivery_goes_on
             assert redis_srv.client().xinfo_groups(stream_key(coll))[0]["name"] == b"g"
             # the ACKs reached the restarted Redis (stale pooled connections are retried)
             assert await until(lambda: not pending(redis_srv, coll, "g"), 10)
+            await asyncio.sleep(2.5)  # past the visibility timeout: a lost ACK would redeliver
+            assert set(ledger.acks.values()) == {1}, ledger.acks
     finally:
         ing.stop()
