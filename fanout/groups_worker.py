@@ -61,14 +61,20 @@ class MemberState:
     inflight: dict[str, tuple[str, float]] = field(default_factory=dict)  # sid -> (id, sent at)
     released: OrderedDict[str, str] = field(default_factory=OrderedDict)  # sid -> id
     gone: bool = False
+    # an event of it passed the visibility timeout and no ACK came since: it may be a zombie
+    # (the SDK's unsubscribe is local only, so such a connection keeps receiving and never
+    # ACKs): one event at a time until it ACKs again, so it cannot sink `limit` events per timeout
+    stalled: bool = False
 
     def free(self, limit: int) -> int:
         if self.gone or getattr(self.session, "closing", False):
             return 0  # leaving (drain, slow, expired): give it nothing more
-        return max(0, limit - len(self.inflight))
+        return max(0, (1 if self.stalled else limit) - len(self.inflight))
 
-    def release_one(self, sid: str) -> None:
+    def release_one(self, sid: str, *, timed_out: bool = False) -> None:
         """``sid`` now belongs to another consumer: no longer held, but a late ACK is fine."""
+        if timed_out and sid in self.inflight:
+            self.stalled = True
         held = self.inflight.pop(sid, None)
         if held is not None:
             self.released[sid] = held[0]
@@ -231,9 +237,12 @@ class GroupWorker:
         if held is not None and held[0] == ack_id:
             del member.inflight[sid]
             self.holder.pop(sid, None)
+            member.stalled = False  # it works: full in-flight limit again
             self.wake.set()  # a slot is free
         elif member.released.get(sid) == ack_id:
             del member.released[sid]  # late ACK of an event already handed to someone else
+            member.stalled = False
+            self.wake.set()
         else:
             raise GroupError(
                 "invalid_ack",
@@ -361,6 +370,8 @@ class GroupWorker:
         events = []
         for sid, data in entries:
             previous = self.holder.get(sid)
+            if previous is not None and redelivery == "timeout":
+                previous.stalled = True  # held it past the visibility timeout
             if previous is not None and previous is not member:
                 previous.release_one(sid)
             cid = f"{sid}@{epoch}"
@@ -438,4 +449,4 @@ class GroupWorker:
             for sid in [s for s in member.inflight if s not in owned]:
                 if self.holder.get(sid) is member:
                     del self.holder[sid]
-                member.release_one(sid)
+                member.release_one(sid, timed_out=True)  # reclaimed by another node

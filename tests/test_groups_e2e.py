@@ -360,7 +360,15 @@ async def test_inflight_limit_and_visibility_timeout(redis_mod: RedisServer, ing
             hog.forget_holdings()  # idle past the timeout: fair game for the worker
             assert await until(lambda: len(ledger.acks) == 3 * LIMIT, 15), len(ledger.acks)
             assert set(hog.received) <= set(worker.received)
-        assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+            # the hog's events timed out: until it ACKs, it gets one event at a time (a
+            # connection whose SDK unsubscribed locally keeps receiving but never ACKs)
+            before = len(hog.received)
+            await publish(ingest, coll, 2 * LIMIT, start=100)
+            assert await until(lambda: len(ledger.acks) >= 5 * LIMIT - 1, 15)
+            assert len(hog.received) - before <= 1
+            hog.forget_holdings()
+            assert await until(lambda: len(ledger.acks) == 5 * LIMIT, 15)  # the timeout again
+            assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
 
 
 async def test_group_without_members_keeps_backlog_and_new_group_from_zero(
