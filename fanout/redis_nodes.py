@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.crc import key_slot
 
 from common.config import RedisSettings
 from common.logs import get_logger
@@ -33,6 +34,15 @@ OnBatch = Callable[[Batch], None]
 OnResync = Callable[[Iterable[str]], None]
 
 MAX_DRAIN = 512  # notifications taken from one socket read burst before delivering
+
+
+def by_slot(channels: Iterable[str]) -> list[list[str]]:
+    """Channels grouped by cluster slot: on a cluster node one SSUBSCRIBE may only name channels
+    of one slot (else CROSSSLOT, and the listener would reconnect forever)."""
+    groups: dict[int, list[str]] = {}
+    for ch in channels:
+        groups.setdefault(key_slot(ch.encode()), []).append(ch)
+    return list(groups.values())
 
 
 class Listener:
@@ -126,15 +136,16 @@ class Listener:
         self._pubsub = ps
         channels = list(self.channels)
         if channels:
-            await ps.ssubscribe(*channels)
+            for group in by_slot(channels):
+                await ps.ssubscribe(*group)
         else:
             await ps.ping()  # open the connection so health reflects reality
         self.connected = True
         # channels added while the SSUBSCRIBE above was in flight saw connected=False and left
         # their subscription to us (a burst of SUBSCRIBEs to new collections, e.g. after a drain)
         missed = self.channels.difference(channels)
-        if missed:
-            await ps.ssubscribe(*missed)
+        for group in by_slot(missed):
+            await ps.ssubscribe(*group)
         self.last_ok = time.monotonic()
         self.last_error = None
 

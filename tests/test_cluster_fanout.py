@@ -122,6 +122,33 @@ async def test_every_master_delivers_to_both_nodes_over_one_connection_per_maste
         await client.close()
 
 
+async def test_pubsub_connections_killed_listeners_resubscribe_many_slots(
+    cstack: ClusterStack,
+) -> None:
+    """A listener that reconnects holding channels of many slots must resubscribe them all (one
+    SSUBSCRIBE may only name channels of one slot on a cluster: CROSSSLOT otherwise)."""
+    cluster = cstack.cluster
+    db = "rekill"
+    colls = per_master(cluster, db, 8)
+    names = [c for v in colls.values() for c in v]
+    node = cstack.nodes[0]
+    clients = [await Client(node, db, c).open() for c in names]
+    for master in cluster.masters():
+        master.client().execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    for master in cluster.masters():
+        chans = [collection_keys(db, c).channel for c in colls[master.port]]
+        await settle(lambda m=master, ch=chans: all(shard_subscribers(m, x) == 1 for x in ch), 15)
+        assert all(shard_subscribers(master, x) == 1 for x in chans), master.name
+    load = WebhookLoad(cstack.ingest.url, make_token(ttl=None), db, names, rate=20)
+    load.start()
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(load.stop)
+    for client in clients:
+        expected = list(load.stats[client.coll].ok.values())
+        assert expected and await client.wait_ids(len(expected)) == expected
+        await client.close()
+
+
 def test_redis_pushes_sunsubscribe_when_a_slot_moves(cstack: ClusterStack) -> None:
     """What the fanout relies on (Redis 7): subscribers of a sharded channel, on the owner and on
     its replica, are told with an unsolicited ``sunsubscribe`` when the slot leaves them."""
