@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 from common.keys import collection_keys
 from common.logs import get_logger
 from common.redis_conn import async_client
+from fanout import metrics
 from fanout.groups_redis import GroupRedis
 from fanout.groups_worker import GroupConfig, GroupError, GroupWorker
 from fanout.settings import FanoutSettings
@@ -76,6 +77,11 @@ class Groups:
         self.memberships: dict[Any, set[GroupKey]] = {}
         self.consumers: dict[Any, str] = {}
         self._seq = itertools.count(1)
+        # collections this node made or served groups of, still to be swept for idle groups
+        # after their last member is gone (else a group abandoned on a busy collection, whose
+        # stream never expires, would stay forever)
+        self.swept: set[tuple[str, str]] = set()
+        self._janitor: asyncio.Task[None] | None = None
 
     def consumer_of(self, member: Any) -> str:
         name = self.consumers.get(member)
@@ -148,6 +154,9 @@ class Groups:
             raise
         else:
             self.workers[key] = worker
+            self.swept.add((key[0], key[1]))
+            if self._janitor is None:
+                self._janitor = asyncio.create_task(self._janitor_loop(), name="groups-janitor")
             future.set_result(worker)
             return worker
         finally:
@@ -183,8 +192,31 @@ class Groups:
             await worker.stop()
         return left
 
+    async def _janitor_loop(self) -> None:
+        """Every cleanup period, destroy groups idle past retention on collections this node
+        served groups of but has no member of any more; forget a collection once it has no
+        groups left (collections with members are swept by their workers)."""
+        while True:
+            await asyncio.sleep(self.config.cleanup_period)
+            active = {(db, coll) for db, coll, _ in self.workers}
+            for db, coll in list(self.swept - active):
+                try:
+                    keys = collection_keys(db, coll, self.prefix)
+                    rds = GroupRedis(self.client, keys, "", self.retention_ms)
+                    destroyed, remaining = await rds.cleanup()
+                except (redis.RedisError, OSError) as exc:
+                    log.warning("group_sweep_failed", collection=coll, error=type(exc).__name__)
+                    break
+                if destroyed:
+                    log.info("groups_destroyed_idle", collection=coll, groups=destroyed)
+                    metrics.GROUP_DESTROYED.inc(len(destroyed))
+                if remaining == 0:
+                    self.swept.discard((db, coll))
+
     async def stop(self) -> None:
         """Graceful exit: hand every remaining member's events on, then close."""
+        if self._janitor is not None:
+            self._janitor.cancel()
         for member in list(self.memberships):
             with contextlib.suppress(Exception):
                 await self.remove(member)

@@ -101,7 +101,7 @@ return n
 # KEYS: stream, registry. ARGV: idle ms, registry ttl ms.
 # Destroys the collection's groups unused for longer than `idle` (by the registry's last-use
 # times); a group found in the stream but not in the registry is registered now, so it is
-# destroyed later unless someone uses it. Returns the destroyed group names.
+# destroyed later unless someone uses it. Returns {destroyed group names, groups remaining}.
 _CLEANUP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -121,10 +121,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - idle))
-if redis.call('ZCARD', KEYS[2]) > 0 then
+local remaining = redis.call('ZCARD', KEYS[2])
+if remaining > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-return destroyed
+return {destroyed, remaining}
 """
 
 Entry = tuple[str, bytes]  # (stream id, data json)
@@ -259,7 +260,7 @@ class GroupRedis:
             await self._prune(keys=[self.keys.stream], args=[self.group, min_idle_ms, *keep])
         )
 
-    async def cleanup(self) -> list[str]:
-        """Destroy this collection's groups idle longer than retention."""
+    async def cleanup(self) -> tuple[list[str], int]:
+        """Destroy this collection's groups idle longer than retention: (destroyed, remaining)."""
         raw = await self._cleanup(keys=self._both, args=[self.retention_ms, self.registry_ttl_ms])
-        return _ids(raw)
+        return _ids(raw[0]), int(raw[1])

@@ -405,7 +405,7 @@ class GroupWorker:
             self._next_cleanup = time.monotonic() + self.config.cleanup_period
             keep = [m.consumer for m in self.members]
             pruned = await self.rds.prune(self.config.visibility_ms, keep)
-            destroyed = await self.rds.cleanup()
+            destroyed, _remaining = await self.rds.cleanup()
             if pruned or destroyed:
                 log.info(
                     "group_cleanup",

@@ -484,3 +484,36 @@ async def test_redis_restart_losing_data_group_is_recreated_and_delivery_goes_on
             assert set(ledger.acks.values()) == {1}, ledger.acks
     finally:
         ing.stop()
+
+
+async def test_abandoned_groups_are_destroyed_after_retention_used_ones_stay(
+    redis_mod: RedisServer, ingest: Proc
+) -> None:
+    """Group state unused for longer than retention does not pile up, even on collections whose
+    streams never expire (events keep arriving): on a collection with a member of another group
+    (swept by that group's worker) and on one with no group member left (the node's janitor)."""
+    busy, quiet = "jobs_sweep_busy", "jobs_sweep_quiet"
+    env = {**FAST, "RETENTION_SECONDS": "2"}  # the nodes' idea of retention: sweep after 2 s
+    r = redis_mod.client()
+
+    def groups(coll: str) -> set[bytes]:
+        return {g["name"] for g in r.xinfo_groups(stream_key(coll))}
+
+    for coll in (busy, quiet):
+        await publish(ingest, coll, 1)
+    async with nodes(redis_mod, 1, env) as (a,), client(a, "kept", Ledger()) as kept:
+        await kept.subscribe(busy, "kept")
+        for coll in (busy, quiet):
+            async with client(a, "gone") as gone:
+                await gone.subscribe(coll, "abandoned")
+        assert groups(busy) == {b"kept", b"abandoned"} and groups(quiet) == {b"abandoned"}
+        for coll in (busy, quiet):
+            await publish(ingest, coll, 1, start=1)
+        assert await until(lambda: groups(busy) == {b"kept"} and groups(quiet) == set(), 20), (
+            groups(busy),
+            groups(quiet),
+        )
+        for coll in (busy, quiet):
+            assert r.pttl(stream_key(coll)) > 60_000, "the streams themselves did not expire"
+        await publish(ingest, busy, 1, start=2)
+        assert await until(lambda: len(kept.received) == 2, 10)

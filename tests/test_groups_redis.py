@@ -122,7 +122,7 @@ async def test_cleanup_destroys_groups_idle_past_retention(client: Any) -> None:
     await used.ensure("$")
     await client.xgroup_create(keys.stream, "unregistered", "$")
     await client.zadd(keys.group_registry(), {"old": 1})  # last used long ago
-    assert await used.cleanup() == ["old"]
+    assert await used.cleanup() == (["old"], 2)
     names = {g["name"] for g in await client.xinfo_groups(keys.stream)}
     assert names == {b"used", b"unregistered"}
     # a group nobody registered is registered now, so it is destroyed later if unused
@@ -148,7 +148,7 @@ async def test_group_commands_route_on_redis_cluster(
         assert [sid for sid, _ in await g.claim("n:3", ids[:1])] == []
         assert await g.prune(0, ["n:2"]) >= 1
         await g.touch()
-        assert await g.cleanup() == []
+        assert await g.cleanup() == ([], 1)
         assert await g.pending_count() == 0
     finally:
         await c.aclose()
