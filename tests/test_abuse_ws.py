@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -249,3 +251,55 @@ async def test_hostile_clients_do_not_hurt_the_node_or_its_other_clients(nodes: 
         assert (lost, dup) == (0, 0), [d for d in watched if d.lost or d.duplicated]
         assert all(d < P99_LIMIT for _, d in p99s), latency
         assert all(not p.failures for p in probes)
+
+
+def stalled_handshakes(port: int, count: int) -> list[socket.socket]:
+    """Connections that send half of a WebSocket upgrade request and then nothing."""
+    socks = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        part = b"GET /api/realtime?auth=" if i % 2 else b"G"
+        sock.sendall(part)
+        socks.append(sock)
+    return socks
+
+
+def cut_off(socks: list[socket.socket], timeout: float) -> int:
+    """How many of ``socks`` the server closed within ``timeout`` seconds (total)."""
+    deadline = time.monotonic() + timeout
+    closed = 0
+    for sock in socks:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            sock.recv(1024)  # b"" (closed) or an HTTP error answer before the close
+            closed += 1
+        except ConnectionResetError:
+            closed += 1
+        except TimeoutError:
+            pass
+        finally:
+            sock.close()
+    return closed
+
+
+async def test_stalled_handshakes_are_cut_off_and_others_connect(redis_mod: RedisServer) -> None:
+    node = fanout_proc(redis_mod.url, FANOUT_OPEN_TIMEOUT="2").start()
+    try:
+        with reported("hostile", "stalled WebSocket handshakes (FANOUT_OPEN_TIMEOUT=2)") as row:
+            socks = await asyncio.to_thread(stalled_handshakes, node.port, 300)
+            started = time.monotonic()
+            async with connect(ws_url(node.port, DB), open_timeout=10) as conn:
+                await conn.send(sub("after_stall"))
+                first = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            served_in = time.monotonic() - started
+            closed = await asyncio.to_thread(cut_off, socks, 15)
+            row.update(
+                tried="300 connections sending half an upgrade request, then silence",
+                notes=f"a normal client subscribed in {served_in * 1000:.0f} ms meanwhile; "
+                f"{closed}/300 stalled connections closed by the node",
+            )
+            assert first["type"] == "SUBSCRIBED"
+            assert closed == len(socks)
+            assert node.alive()
+    finally:
+        node.stop()
