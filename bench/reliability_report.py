@@ -36,10 +36,22 @@ def load(folder: Path, since_minutes: float | None) -> list[dict[str, Any]]:
             rows.append(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             print(f"skipping {path.name}: {exc}", file=sys.stderr)
-    order = list(AREAS)
-    # by area, then in the order the suite ran them
-    rows.sort(key=lambda r: (order.index(r["area"]) if r["area"] in order else 99, r.get("at", "")))
+    rows.sort(key=order)
     return rows
+
+
+FILES = [  # the order of the table: faults by tier, then hostile input by tier
+    "reliability_fanout", "reliability_cluster", "reliability_redis", "reliability_ingest",
+    "reliability_soak", "abuse_tokens", "abuse_webhooks", "abuse_ws", "fuzz",
+]
+
+
+def order(row: dict[str, Any]) -> tuple[int, int, str]:
+    areas = list(AREAS)
+    area = areas.index(row["area"]) if row["area"] in areas else len(areas)
+    test = str(row.get("test", ""))
+    place = next((i for i, name in enumerate(FILES) if f"test_{name}" in test), len(FILES))
+    return area, place, str(row.get("at", ""))
 
 
 def cell(value: Any) -> str:

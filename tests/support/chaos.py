@@ -55,7 +55,8 @@ def reported(area: str, case: str, **fields: Any) -> Iterator[dict[str, Any]]:
     """Yield a row the test fills (tried, events, clients, lost, duplicated, notes); on exit the
     row is written with ``result`` pass, or FAIL and the assertion's text if the block raised, so
     the table shows failures too. ``known_bug`` marks a case expected to fail (xfail)."""
-    row: dict[str, Any] = {"area": area, "case": case, "tried": "", **fields}
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    row: dict[str, Any] = {"area": area, "case": case, "tried": "", "test": test, **fields}
     started = time.monotonic()
     try:
         yield row
