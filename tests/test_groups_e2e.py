@@ -12,6 +12,7 @@ import collections
 import json
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -265,6 +266,26 @@ async def test_members_on_two_nodes_share_events_each_acked_once_and_plain_gets_
         await asyncio.sleep(0.5)
         assert set(ledger.acks.values()) == {1}
         assert await until(lambda: not pending(redis_mod, coll, "mailers"), 10)
+
+        # metrics: acks, deliveries, and the pending gauge of this group
+        def metric_lines() -> list[str]:
+            with urllib.request.urlopen(f"{a.url}/metrics", timeout=10) as resp:
+                lines = resp.read().decode().splitlines()
+            return [ln for ln in lines if "_group_" in ln and not ln.startswith("#")]
+
+        def gauge_zero() -> bool:
+            return any(
+                ln.startswith("vski_fanout_group_pending{")
+                and 'group="mailers"' in ln
+                and ln.endswith(" 0.0")
+                for ln in metric_lines()
+            )
+
+        assert await until(gauge_zero, 10), metric_lines()
+        values = {ln.split()[0]: float(ln.split()[1]) for ln in metric_lines() if "{" not in ln}
+        assert values["vski_fanout_group_acks_total"] >= 1
+        assert values["vski_fanout_group_delivered_total"] >= 1
+        assert values["vski_fanout_group_members"] == 3  # a1, a2 and the outsider on node A
 
         # group last use is recorded for the idle-group cleanup
         score = redis_mod.client().zscore(f"vski:{{postgres/{coll}}}:g", "mailers")
