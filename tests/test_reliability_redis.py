@@ -169,21 +169,28 @@ async def test_redis_restart_with_persistence_loses_nothing(how: str) -> None:
         "fault", f"Redis {how} under load, restarted 3 s later from AOF (fsync always)"
     ) as row:
         o = await outage_under_load(stack, coll, persistent=True, kill=how == "SIGKILL")
-        results = [delivery(o.poster.ids, c.ids[coll]) for c in o.clients]
-        lost, dup, disorder = sum_delivery(results)
         in_stream = retained(stack, coll)
+        answered = set(o.poster.ids)
+        # stored, but the answer died with Redis (a SIGKILL after the AOF fsync, before the
+        # reply): ingest said 503, and the sender's retry would get this event's id (dedupe)
+        unanswered = [i for i in in_stream if i not in answered]
+        # clients must get every stored event, answered or not
+        results = [delivery(in_stream, c.ids[coll]) for c in o.clients]
+        lost, dup, disorder = sum_delivery(results)
         statuses = dict(o.poster.statuses)
-        epochs = {i.split("@")[1] for i in o.poster.ids}
+        epochs = {i.split("@")[1] for i in in_stream}
         row.update(
             tried=f"1 outage of {DOWN_SECONDS:.0f} s, 40 webhooks/s tried once, 6 clients",
-            events=len(o.poster.ids), clients=len(o.clients), lost=lost, duplicated=dup,
-            notes=f"answers {statuses}; 200 while down: {answered_200_while_down(o)}",
+            events=len(in_stream), clients=len(o.clients), lost=lost, duplicated=dup,
+            notes=f"answers {statuses}; 200 while down: {answered_200_while_down(o)}; "
+            f"{len(unanswered)} stored event(s) answered 503 as Redis died",
         )
         late = ResumingClient([stack.nodes[1].port], DB, [coll])
         late.ids[coll] = [o.before[5]]
         late.begin()
+        rest = in_stream[in_stream.index(o.before[5]) + 1:]
         assert await wait_for(lambda: bool(late.subscribed), 15)
-        assert await wait_for(lambda: len(late.ids[coll]) >= len(o.poster.ids) - 5, 15)
+        assert await wait_for(lambda: len(late.ids[coll]) > len(rest), 15)
         await late.stop()
         for c in o.clients:
             await c.stop()
@@ -191,10 +198,11 @@ async def test_redis_restart_with_persistence_loses_nothing(how: str) -> None:
         assert set(statuses) <= {200, 503} and statuses.get(503, 0) >= 10, statuses
         assert answered_200_while_down(o) == 0
         assert len(epochs) == 1, "the data survived: no new epoch"
-        assert in_stream == o.poster.ids, "every event answered 200 is in Redis, in order"
+        assert [i for i in in_stream if i in answered] == o.poster.ids, "a 200 is not in Redis"
+        assert len(unanswered) <= 1, unanswered  # at most the one in flight (one sender)
         assert (lost, dup, disorder) == (0, 0, 0), faulty(results)
         assert late.subscribed[0]["recovered"] is True
-        assert late.ids[coll][1:] == o.poster.ids[6:]
+        assert late.ids[coll][1:] == rest
         row["notes"] += "; resume with a pre-stop lastId: recovered=true, exact replay"
 
 
