@@ -4,8 +4,9 @@ replica of it (``REDIS_READ_URL``), as a second region would read its local read
 Proves: B serves live events from the replica (its stream reads and its sharded subscription are
 on the replica, not on the primary: sharded pub/sub messages, including those published by the
 append script, are replicated); a client that moves from A to B mid-stream with its lastId gets
-exactly what it missed (replicas keep the same stream ids); and when B's replica lags behind the
-client's lastId, B waits for it instead of replaying the collection again.
+exactly what it missed (replicas keep the same stream ids); when B's replica lags behind the
+client's lastId, B waits for it instead of replaying the collection again; consumer groups on B
+write to the primary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer, primary_with_replica
 from tests.test_fanout_e2e import NODE_ENV, BackgroundPoster, Client, Poster, settle
+from tests.test_groups_e2e import Ledger, client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,3 +110,25 @@ async def test_moving_to_a_lagging_region_waits_for_the_replica(regions: Regions
     assert on_b.ids == more + rest
     for c in (moved, on_b):
         await c.close()
+
+
+async def test_consumer_group_on_the_replica_region_writes_to_the_primary(
+    regions: Regions,
+) -> None:
+    """Groups write (XREADGROUP, XACK): on region B they go to REDIS_URL, the primary, while B's
+    live path reads the replica. Two members on B share the events, each acknowledged once."""
+    db, coll = "postgres", f"jobs{int(time.time() * 1000) % 10**7}"
+    ledger = Ledger()
+    async with client(regions.b, "m1", ledger) as m1, client(regions.b, "m2", ledger) as m2:
+        await m1.subscribe(coll, "mailers")
+        await m2.subscribe(coll, "mailers")
+        ids = await asyncio.to_thread(Poster(regions.ingest).many, db, coll, 30)
+        await settle(lambda: len(ledger.acks) >= len(ids), 20)
+        assert sorted(ledger.acks) == sorted(ids) and set(ledger.acks.values()) == {1}
+        assert not ledger.overlaps
+        assert m1.received and m2.received  # both members got a share
+    key = f"vski:{{{db}/{coll}}}:s"
+    groups = regions.primary.client().xinfo_groups(key)
+    assert [g["name"] for g in groups] == [b"mailers"]
+    await settle(lambda: regions.primary.client().xpending(key, "mailers")["pending"] == 0, 10)
+    assert regions.primary.client().xpending(key, "mailers")["pending"] == 0
