@@ -62,6 +62,9 @@ class HubSettings:
     sweep_interval: float = 5.0  # safety net: re-read streams even without a notification
     linger: float = 5.0  # keep reading a collection this long after its last member left
     ping_interval: float = 5.0  # Redis pub/sub liveness check
+    # reads made for SUBSCRIBEs in flight at once; a reconnect storm queues here instead of
+    # exhausting the Redis connection pool (whose overflow would fail SUBSCRIBEs)
+    max_concurrent_reads: int = 48
     # reading a replica (REDIS_READ_URL): how long a SUBSCRIBE whose lastId the replica has not
     # applied yet waits for replication before the position is called unknown
     replica_wait: float = 5.0
@@ -120,8 +123,8 @@ class Hub:
         self.member_streams: dict[Any, set[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._read_errors = 0
         self._last_read_error: str | None = None
+        self._reads = asyncio.Semaphore(settings.max_concurrent_reads)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -253,7 +256,8 @@ class Hub:
         return stream
 
     async def _load_cursor(self, stream: Stream) -> None:
-        epoch, seq, ms = await self.redis.cmd.hmget(stream.keys.meta, "e", "q", "ms")
+        async with self._reads:
+            epoch, seq, ms = await self.redis.cmd.hmget(stream.keys.meta, "e", "q", "ms")
         if epoch is None:
             stream.epoch, stream.seq, stream.ms = None, 0, 0
             return
@@ -358,7 +362,8 @@ class Hub:
     async def _xrange(self, key: str, start: str, end: str) -> list[Any]:
         try:
             page = self.settings.replay_page
-            return list(await self.redis.cmd.xrange(key, min=start, max=end, count=page))
+            async with self._reads:
+                return list(await self.redis.cmd.xrange(key, min=start, max=end, count=page))
         except (redis.RedisError, OSError) as exc:
             raise SubscribeError(
                 "redis_unavailable", "the event store is unavailable; retry later"
