@@ -14,8 +14,13 @@ from collections.abc import Callable
 import pytest
 
 from common.keys import collection_keys
-from tests.support.procs import ingest_proc
-from tests.support.redis_cluster import RedisClusterFixture, WebhookLoad
+from tests.support.procs import ingest_proc, wait_until
+from tests.support.redis_cluster import (
+    RedisClusterFixture,
+    WebhookLoad,
+    post_webhook,
+    webhook_body,
+)
 from tests.support.tokens import make_token
 
 pytestmark = pytest.mark.timeout(180)
@@ -142,3 +147,49 @@ def test_master_failover_without_wait_reports_losses(
         cluster, record_property, wait_replicas=0, rate_per_collection=35, before=2, after=3
     )
     assert counts["answered_200"] > 300
+
+
+def test_wait_trade_off_made_visible(redis_cluster_session: RedisClusterFixture) -> None:
+    """Replication held back on the replica (``CLIENT PAUSE WRITE``), then the master dies: the
+    event answered 200 without WAIT is gone after the failover; with WAIT=1 the sender got a 503
+    instead, and its retry (deduplicated as one delivery) is stored on the new master."""
+    cluster = redis_cluster_session
+    cluster.wait_ok()
+    token = make_token(ttl=None)
+    plain = ingest_proc(cluster.url, workers=1, REDIS_CLUSTER="true").start()
+    waiting = ingest_proc(
+        cluster.url,
+        workers=1,
+        REDIS_CLUSTER="true",
+        INGEST_WAIT_REPLICAS="1",
+        INGEST_WAIT_TIMEOUT_MS="300",
+    ).start()
+    db, coll = "tradeoff", f"t{int(time.time() * 1000) % 10**7}"
+    keys = collection_keys(db, coll)
+    try:
+        status, first = post_webhook(plain.url, webhook_body(db, coll, 1), token)
+        assert status == 200
+        master = cluster.owner_of(keys.stream)
+        replica = cluster.replica_of(master)
+        rc = replica.client()
+        rc.execute_command("READONLY")  # one connection, reused: reads allowed on the replica
+        assert wait_until(lambda: rc.xlen(keys.stream) == 1, 5)  # replication works so far
+        rc.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+        status, unsafe = post_webhook(plain.url, webhook_body(db, coll, 2), token)
+        assert status == 200  # acknowledged, but only the master has it
+        status, refused = post_webhook(waiting.url, webhook_body(db, coll, 3), token)
+        assert status == 503 and refused["error"] == "replication_timeout", refused
+        cluster.kill_master(master)
+        rc.execute_command("CLIENT", "UNPAUSE")
+        stored = {eid for eid, _ in cluster.client().xrange(keys.stream)}
+        assert first["id"].split("@")[0] in stored
+        assert unsafe["id"].split("@")[0] not in stored  # lost: the price of not waiting
+        cluster.restart(master)  # a replica again, so WAIT=1 can be met
+        status, retried = post_webhook(waiting.url, webhook_body(db, coll, 3), token)
+        assert status == 200, retried
+        stored = {eid for eid, _ in cluster.client().xrange(keys.stream)}
+        assert retried["id"].split("@")[0] in stored
+    finally:
+        plain.stop()
+        waiting.stop()
+        cluster.heal()
