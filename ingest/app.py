@@ -135,11 +135,17 @@ class WebhookResource:
                 415, "unsupported_media_type",
                 f"Content-Type must be application/json, got {shown!r}",
             )
-        if length is not None:
-            return req.bounded_stream.read(length)
-        # no Content-Length: a chunked body. gunicorn's wsgi.input ends at the last chunk
-        # (wsgi.input_terminated), Falcon's bounded_stream would read nothing.
-        body = req.stream.read(limit + 1)
+        try:
+            if length is not None:
+                return req.bounded_stream.read(length)
+            # no Content-Length: a chunked body. gunicorn's wsgi.input ends at the last chunk
+            # (wsgi.input_terminated), Falcon's bounded_stream would read nothing.
+            body = req.stream.read(limit + 1)
+        except OSError:  # the sender stalled past INGEST_TIMEOUT (gthread socket timeout)
+            raise HTTPJsonError(
+                408, "request_timeout",
+                "the webhook body did not arrive in time (INGEST_TIMEOUT); nothing was stored",
+            ) from None
         if len(body) > limit:
             raise HTTPJsonError(
                 413, "payload_too_large",

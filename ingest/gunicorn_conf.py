@@ -26,7 +26,8 @@ except ConfigError as _exc:  # pragma: no cover - printed by gunicorn at start
 
 bind = [_s.bind]
 workers = _s.workers
-worker_class = _s.worker_class
+# gthread: our subclass, whose threads a stalled sender cannot hold forever (ingest/workers.py)
+worker_class = "ingest.workers.GuardedThreadWorker" if _s.worker_class == "gthread" else "sync"
 threads = _s.threads
 timeout = _s.timeout
 graceful_timeout = _s.graceful_timeout

@@ -204,12 +204,7 @@ def test_slowloris_costs_a_sync_worker_at_most_the_timeout(redis_mod: RedisServe
         proc.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="INGEST_WORKER_CLASS=gthread: gunicorn's threads block on a stalled request body or "
-    "header with no read timeout and the worker heartbeat keeps running, so workers x threads "
-    "stalled senders block ingest indefinitely (sync workers are killed after INGEST_TIMEOUT)",
-)
+# fixed by ingest/workers.py (socket timeouts on gthread client sockets); was a strict xfail
 def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None:
     proc = ingest_proc(
         redis_mod.url, workers=1, INGEST_TIMEOUT="2", INGEST_WORKER_CLASS="gthread",
@@ -217,7 +212,7 @@ def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None
     ).start()
     try:
         with reported(
-            "hostile", "slowloris senders (gthread workers, INGEST_TIMEOUT=2)", known_bug=True
+            "hostile", "slowloris senders (gthread workers, INGEST_TIMEOUT=2)"
         ) as row:
             socks = [slowloris(proc.port, body=i % 2 == 0) for i in range(3)]
             time.sleep(0.3)

@@ -269,3 +269,42 @@ def test_gthread_workers(redis_srv: RedisServer) -> None:
         assert proc.proc is not None and proc.proc.wait(30) == 0
     finally:
         proc.stop()
+
+
+def _stalled_sender(port: int, body: bool) -> Any:
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if body:  # headers complete, body promised but never sent in full
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + make_token().encode() +
+                     b"\r\nContent-Length: 500\r\n\r\n{\"database")
+    else:  # headers never finished
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: t\r\n")
+    return sock
+
+
+def test_gthread_stalled_senders_cannot_hold_threads(redis_srv: RedisServer) -> None:
+    """gunicorn's gthread threads would block forever on a stalled sender; ours time out after
+    INGEST_TIMEOUT, and a body that never completes gets a JSON 408."""
+    proc = ingest_proc(redis_srv.url, workers=1, INGEST_WORKER_CLASS="gthread",
+                       INGEST_THREADS="2", INGEST_TIMEOUT="2").start()
+    try:
+        socks = [_stalled_sender(proc.port, body=i % 2 == 0) for i in range(3)]
+        time.sleep(0.3)
+        reply = post_webhook(proc.port, webhook_body(collection="stall"), timeout=20)
+        assert reply.status == 200 and reply.elapsed < 10
+        answers = []
+        for s in socks:
+            s.settimeout(15)
+            try:
+                answers.append(s.recv(4096))
+            except (ConnectionResetError, TimeoutError):
+                answers.append(b"")
+            s.close()
+        body_stall = answers[0]
+        assert body_stall.startswith(b"HTTP/1.1 408"), body_stall[:200]
+        assert json.loads(body_stall.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+        assert xlen(redis_srv, "stall") == 1 and proc.alive()
+    finally:
+        proc.stop()
