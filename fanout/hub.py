@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
-from websockets.asyncio.server import broadcast
 
 from common.config import CommonSettings
 from common.events import DATA_FIELD, BadNotification, Notification, parse_notification
@@ -44,6 +43,7 @@ from common.logs import get_logger
 from common.messages import event_frame
 from fanout import metrics
 from fanout.redis_nodes import Batch, RedisNodes
+from fanout.session import broadcast_text
 
 log = get_logger("fanout.hub")
 
@@ -450,7 +450,8 @@ class Hub:
                 member.overflowed()
             except Exception:
                 log.exception("overflow_handler_failed")
-        broadcast(conns, frame, text=True)
+        # the frame is encoded once and written to each transport (session.broadcast_text)
+        broadcast_text(conns, frame)
         metrics.FRAMES_SENT.inc(len(conns))
         metrics.EVENTS_SENT.inc(len(conns) * len(events))
 
