@@ -8,13 +8,15 @@ test properties (``--junitxml``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from common.keys import collection_keys
-from tests.support.procs import ingest_proc, wait_until
+from tests.support.procs import Proc, fanout_proc, ingest_proc, wait_until
 from tests.support.redis_cluster import (
     RedisClusterFixture,
     WebhookLoad,
@@ -22,6 +24,7 @@ from tests.support.redis_cluster import (
     webhook_body,
 )
 from tests.support.tokens import make_token
+from tests.test_fanout_e2e import NODE_ENV, Client
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,25 +152,34 @@ def test_master_failover_without_wait_reports_losses(
     assert counts["answered_200"] > 300
 
 
-def test_wait_trade_off_made_visible(redis_cluster_session: RedisClusterFixture) -> None:
+async def test_wait_trade_off_made_visible(redis_cluster_session: RedisClusterFixture) -> None:
     """Replication held back on the replica (``CLIENT PAUSE WRITE``), then the master dies: the
     event answered 200 without WAIT is gone after the failover; with WAIT=1 the sender got a 503
-    instead, and its retry (deduplicated as one delivery) is stored on the new master."""
+    instead, and its retry (deduplicated as one delivery) is stored on the new master.
+
+    A fanout client saw the lost event live (it was announced before the master died). The next
+    event reuses its seq with a later time: the node follows Redis and delivers it, and a client
+    resuming from the lost id is told ``recovered: false`` and gets what Redis still has."""
     cluster = redis_cluster_session
     cluster.wait_ok()
     token = make_token(ttl=None)
-    plain = ingest_proc(cluster.url, workers=1, REDIS_CLUSTER="true").start()
+    env = {"REDIS_CLUSTER": "true"}
+    plain = ingest_proc(cluster.url, workers=1, **env)
     waiting = ingest_proc(
-        cluster.url,
-        workers=1,
-        REDIS_CLUSTER="true",
-        INGEST_WAIT_REPLICAS="1",
-        INGEST_WAIT_TIMEOUT_MS="300",
-    ).start()
+        cluster.url, workers=1, INGEST_WAIT_REPLICAS="1", INGEST_WAIT_TIMEOUT_MS="300", **env
+    )
+    node = fanout_proc(cluster.url, **{**NODE_ENV, **env})
+    procs = [plain, waiting, node]
+    await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
     db, coll = "tradeoff", f"t{int(time.time() * 1000) % 10**7}"
     keys = collection_keys(db, coll)
+
+    def post(proc: Proc, n: int) -> tuple[int, dict[str, Any]]:
+        return post_webhook(proc.url, webhook_body(db, coll, n), token)
+
+    live = await Client(node, db, coll).open()
     try:
-        status, first = post_webhook(plain.url, webhook_body(db, coll, 1), token)
+        status, first = await asyncio.to_thread(post, plain, 1)
         assert status == 200
         master = cluster.owner_of(keys.stream)
         replica = cluster.replica_of(master)
@@ -175,21 +187,33 @@ def test_wait_trade_off_made_visible(redis_cluster_session: RedisClusterFixture)
         rc.execute_command("READONLY")  # one connection, reused: reads allowed on the replica
         assert wait_until(lambda: rc.xlen(keys.stream) == 1, 5)  # replication works so far
         rc.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
-        status, unsafe = post_webhook(plain.url, webhook_body(db, coll, 2), token)
+        status, unsafe = await asyncio.to_thread(post, plain, 2)
         assert status == 200  # acknowledged, but only the master has it
-        status, refused = post_webhook(waiting.url, webhook_body(db, coll, 3), token)
+        status, refused = await asyncio.to_thread(post, waiting, 3)
         assert status == 503 and refused["error"] == "replication_timeout", refused
-        cluster.kill_master(master)
+        # all three were announced live before the loss, the refused one too (the script
+        # publishes before WAIT confirms): clients may see an event its sender was refused
+        assert (await live.wait_ids(3))[:2] == [first["id"], unsafe["id"]]
+        assert len(live.ids) == 3 and live.ids[2].split("@")[0].endswith("-3")
+        await asyncio.to_thread(cluster.kill_master, master)
         rc.execute_command("CLIENT", "UNPAUSE")
         stored = {eid for eid, _ in cluster.client().xrange(keys.stream)}
         assert first["id"].split("@")[0] in stored
         assert unsafe["id"].split("@")[0] not in stored  # lost: the price of not waiting
-        cluster.restart(master)  # a replica again, so WAIT=1 can be met
-        status, retried = post_webhook(waiting.url, webhook_body(db, coll, 3), token)
+        await asyncio.to_thread(cluster.restart, master)  # a replica again: WAIT=1 can be met
+        status, retried = await asyncio.to_thread(post, waiting, 3)
         assert status == 200, retried
         stored = {eid for eid, _ in cluster.client().xrange(keys.stream)}
         assert retried["id"].split("@")[0] in stored
+        # fanout follows Redis: the live client gets the stored event, the resuming one is told
+        assert (await live.wait_ids(4))[3:] == [retried["id"]]
+        resumed = await Client(node, db, coll).open(last_id=unsafe["id"])
+        assert resumed.subscribed[0]["recovered"] is False
+        # position unknown: the node replays what Redis still has (documented rule)
+        assert await resumed.wait_ids(2) == [first["id"], retried["id"]]
+        await resumed.close()
     finally:
-        plain.stop()
-        waiting.stop()
-        cluster.heal()
+        await live.close()
+        for p in procs:
+            await asyncio.to_thread(p.stop)
+        await asyncio.to_thread(cluster.heal)
