@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class TokenVerifier:
         self.settings = settings
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # gthread workers share one verifier between threads
 
     def verify(self, token: str | None, now: float | None = None) -> Claims:
         """Return the token's claims or raise AuthError saying why it was refused."""
@@ -59,17 +61,21 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("invalid_token", "token is larger than 8 KiB")
         now = time.time() if now is None else now
-        cached = self._cache.get(token)
+        with self._lock:
+            cached = self._cache.get(token)
+            if cached is not None:
+                self._cache.move_to_end(token)
         if cached is not None:
             if cached.expires_at is not None and now > cached.expires_at + self.settings.leeway:
-                self._cache.pop(token, None)
+                with self._lock:
+                    self._cache.pop(token, None)
                 raise AuthError("token_expired", "token has expired: get a new one")
-            self._cache.move_to_end(token)
             return cached
         claims = self._decode(token, now)
-        self._cache[token] = claims
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[token] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return claims
 
     def _decode(self, token: str, now: float) -> Claims:
