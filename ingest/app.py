@@ -111,7 +111,8 @@ class WebhookResource:
             log.warning("redis_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
             raise HTTPJsonError(
                 503, "redis_unavailable",
-                "the event store (Redis) is unavailable; nothing was stored, retry later",
+                "the event store (Redis) is unavailable and the event was not confirmed; retry "
+                "(a retry of an event that did get stored is recognised and not stored twice)",
                 _RETRY,
             ) from None
         return result.id, result.duplicate
