@@ -43,7 +43,7 @@ from common.logs import get_logger
 from common.messages import event_frame
 from fanout import metrics
 from fanout.redis_nodes import Batch, RedisNodes
-from fanout.session import broadcast_text
+from fanout.wire import broadcast_text
 
 log = get_logger("fanout.hub")
 
@@ -450,7 +450,7 @@ class Hub:
                 member.overflowed()
             except Exception:
                 log.exception("overflow_handler_failed")
-        # the frame is encoded once and written to each transport (session.broadcast_text)
+        # the frame is encoded once and written to each transport (fanout/wire.py)
         broadcast_text(conns, frame)
         metrics.FRAMES_SENT.inc(len(conns))
         metrics.EVENTS_SENT.inc(len(conns) * len(events))

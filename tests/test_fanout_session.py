@@ -313,7 +313,7 @@ async def test_broadcast_text_encodes_once_and_matches_websockets_framing() -> N
     length encoding, and fall back to websockets for deflate connections."""
     from websockets.asyncio.server import ServerConnection, serve
 
-    from fanout.session import broadcast_text
+    from fanout.wire import broadcast_text
 
     conns: list[ServerConnection] = []
     done = asyncio.Event()
