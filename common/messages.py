@@ -178,18 +178,21 @@ def error_frame(code: str, message: str, **extra: Any) -> bytes:
     return _encoder.encode({"type": "ERROR", "code": code, "message": message, **extra})
 
 
+def _events_frame(collection: str, parts: list[bytes]) -> bytes:
+    return (
+        b'{"type":"EVENT","collection":"'
+        + collection.encode()
+        + b'","events":['
+        + (b",".join(parts) + b"]}")
+    )
+
+
 def event_frame(collection: str, events: list[tuple[str, bytes]]) -> bytes:
     """One EVENT frame for ``(id, data_json)`` pairs, built by concatenation: the data bytes come
     from Redis exactly as ingest stored them, so nothing is decoded or re-encoded per event.
     Collection names and ids are validated to plain characters, so no escaping is needed."""
     parts = [b'{"id":"' + eid.encode() + b'","data":' + data + b"}" for eid, data in events]
-    return (
-        b'{"type":"EVENT","collection":"'
-        + collection.encode()
-        + b'","events":['
-        + b",".join(parts)
-        + b"]}"
-    )
+    return _events_frame(collection, parts)
 
 
 def group_event_frame(collection: str, events: list[tuple[str, bytes]]) -> bytes:
@@ -198,10 +201,4 @@ def group_event_frame(collection: str, events: list[tuple[str, bytes]]) -> bytes
     for eid, data in events:
         e = eid.encode()
         parts.append(b'{"id":"' + e + b'","ackId":"' + e + b'","data":' + data + b"}")
-    return (
-        b'{"type":"EVENT","collection":"'
-        + collection.encode()
-        + b'","events":['
-        + b",".join(parts)
-        + b"]}"
-    )
+    return _events_frame(collection, parts)
