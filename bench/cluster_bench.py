@@ -35,8 +35,14 @@ COLUMNS = ("events_s", "p50", "p99", "loss", "cpu", "ingest_p50")
 def run_bench(
     cases: str, seconds: float | None, out: Path, cluster_url: str | None, wait: int = 0
 ) -> list[Any]:
-    cmd = [sys.executable, str(ROOT / "bench" / "fanout_bench.py"), "--cases", cases,
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "fanout_bench.py"),
+        "--cases",
+        cases,
+        "--json",
+        str(out),
+    ]
     if seconds:
         cmd += ["--seconds", str(seconds)]
     if cluster_url:
@@ -64,7 +70,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--load-cpu", default="1")
     p.add_argument(
-        "--modes", default="standalone,cluster",
+        "--modes",
+        default="standalone,cluster",
         help="standalone, cluster, cluster-wait1 (ingest with INGEST_WAIT_REPLICAS=1)",
     )
     p.add_argument("--json", default=None, help="also write all rows to this file")
@@ -88,8 +95,10 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| case | Redis | runs | delivered events/s | p50 ms | p99 ms | loss | node CPU% | "
-          "webhook answer p50 ms |")
+    print(
+        "| case | Redis | runs | delivered events/s | p50 ms | p99 ms | loss | node CPU% | "
+        "webhook answer p50 ms |"
+    )
     print("|" + " --- |" * 9)
     cases = list(dict.fromkeys(c for m in modes for c in rows[m]))
     for case in cases:
@@ -107,10 +116,12 @@ def main() -> None:
         for mode in modes[1:]:
             c = rows[mode].get(case, [])
             if s and c:
-                print(f"{case}: {mode}/{base} delivered events/s "
-                      f"{med(c, 'events_s') / max(med(s, 'events_s'), 1e-9):.2f}, "
-                      f"p99 {med(c, 'p99'):.1f} vs {med(s, 'p99'):.1f} ms, webhook answer p50 "
-                      f"{med(c, 'ingest_p50'):.1f} vs {med(s, 'ingest_p50'):.1f} ms")
+                print(
+                    f"{case}: {mode}/{base} delivered events/s "
+                    f"{med(c, 'events_s') / max(med(s, 'events_s'), 1e-9):.2f}, "
+                    f"p99 {med(c, 'p99'):.1f} vs {med(s, 'p99'):.1f} ms, webhook answer p50 "
+                    f"{med(c, 'ingest_p50'):.1f} vs {med(s, 'ingest_p50'):.1f} ms"
+                )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

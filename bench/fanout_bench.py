@@ -70,12 +70,22 @@ CASES = {
     "c": Case("c", 10000, 1, 10, 10, note="10k clients"),
     "cmax": Case("cmax", 19000, 1, 5, 10, note="largest: open files hard limit is 20,000"),
     "sat1": Case(
-        "sat1", 1000, 1, 200, 5, {"FANOUT_MAX_FRAME_EVENTS": "1"},
+        "sat1",
+        1000,
+        1,
+        200,
+        5,
+        {"FANOUT_MAX_FRAME_EVENTS": "1"},
         note="saturation, 1 event/frame",
     ),
     "bare": Case("bare", 1000, 1, 0, 5, note="bare websockets.broadcast loop"),
     "bareraw": Case(
-        "bareraw", 1000, 1, 0, 5, {"BARE_MODE": "raw"},
+        "bareraw",
+        1000,
+        1,
+        0,
+        5,
+        {"BARE_MODE": "raw"},
         note="bare loop, prebuilt frame written to each transport",
     ),
 }
@@ -163,8 +173,11 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            REDIS_URL=self.redis_url or "", JWT_SECRET=SECRET, LOG_FORMAT="json",
-            LOG_LEVEL="warning", REDIS_CLUSTER="true" if self.cluster else "false",
+            REDIS_URL=self.redis_url or "",
+            JWT_SECRET=SECRET,
+            LOG_FORMAT="json",
+            LOG_LEVEL="warning",
+            REDIS_CLUSTER="true" if self.cluster else "false",
             RETENTION_MAX_EVENTS="100000",
         )
         env.update(extra)
@@ -172,7 +185,10 @@ class Stack:
 
     def spawn(self, args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            args, env=env, stdout=(self.tmp / log).open("ab"), stderr=subprocess.STDOUT,
+            args,
+            env=env,
+            stdout=(self.tmp / log).open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -183,11 +199,24 @@ class Stack:
         if not self.redis_url:
             port = free_port()
             self.spawn(
-                pinned(a.load_cpu, [
-                    "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(self.tmp),
-                ]),
-                dict(os.environ), "redis.log",
+                pinned(
+                    a.load_cpu,
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(self.tmp),
+                    ],
+                ),
+                dict(os.environ),
+                "redis.log",
             )
             wait_port(port)
             self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -227,8 +256,16 @@ class Stack:
 class LoadClient:
     """The C client as a subprocess; progress lines are read by a thread."""
 
-    def __init__(self, binary: Path, cpu: str | None, port: int, path: str, n: int, colls: int,
-                 nolat: bool = False) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        cpu: str | None,
+        port: int,
+        path: str,
+        n: int,
+        colls: int,
+        nolat: bool = False,
+    ) -> None:
         args = [str(binary), "127.0.0.1", str(port), path, str(n), str(colls), str(int(nolat))]
         self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True)
         self.ready = threading.Event()
@@ -278,8 +315,9 @@ class LoadClient:
 class Poster:
     """Open-loop paced webhooks over ``threads`` threads (gunicorn sync: one request per conn)."""
 
-    def __init__(self, port: int, db: str, colls: int, rate: float, seconds: float,
-                 threads: int = 4) -> None:
+    def __init__(
+        self, port: int, db: str, colls: int, rate: float, seconds: float, threads: int = 4
+    ) -> None:
         self.port, self.db, self.colls = port, db, colls
         self.rate, self.count = rate, int(rate * seconds)
         self.threads = threads
@@ -302,17 +340,28 @@ class Poster:
         return ok
 
     def _post_once(self, i: int) -> bool:
-        body = json.dumps({
-            "database": self.db, "collection": f"c{i % self.colls}", "id": f"r{i}",
-            "action": "create",
-            "record": {
-                "id": f"r{i}", "n": i, "title": "a record of typical size", "sent": time.time()
-            },
-        }).encode()
+        body = json.dumps(
+            {
+                "database": self.db,
+                "collection": f"c{i % self.colls}",
+                "id": f"r{i}",
+                "action": "create",
+                "record": {
+                    "id": f"r{i}",
+                    "n": i,
+                    "title": "a record of typical size",
+                    "sent": time.time(),
+                },
+            }
+        ).encode()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("POST", "/webhook", body,
-                         {"Content-Type": "application/json", "Authorization": self.auth})
+            conn.request(
+                "POST",
+                "/webhook",
+                body,
+                {"Content-Type": "application/json", "Authorization": self.auth},
+            )
             resp = conn.getresponse()
             resp.read()
             return resp.status == 200
@@ -362,8 +411,12 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
     client: LoadClient | None = None
     try:
         client = LoadClient(
-            client_bin, a.load_cpu, port, f"/api/realtime?db={db}&auth={token()}",
-            case.clients, case.colls,
+            client_bin,
+            a.load_cpu,
+            port,
+            f"/api/realtime?db={db}&auth={token()}",
+            case.clients,
+            case.colls,
         )
         if not client.ready.wait(120):
             raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
@@ -373,8 +426,10 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
             stack.ingest_port, db, case.colls, case.rate, case.seconds, a.poster_threads
         )
         poster.run()
-        subs = [case.clients // case.colls + (1 if j < case.clients % case.colls else 0)
-                for j in range(case.colls)]
+        subs = [
+            case.clients // case.colls + (1 if j < case.clients % case.colls else 0)
+            for j in range(case.colls)
+        ]
         planned = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
@@ -390,16 +445,29 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         stack.stop_proc(node)
     span = max(res["span_s"], 1e-9)
     return {
-        "case": case.name, "clients": res["subscribed"], "colls": case.colls,
-        "offered": case.rate, "posted_rate": poster.ok / max(poster.elapsed, 1e-9),
-        "posted": poster.ok, "post_failed": poster.failed,
-        "events_s": res["events"] / span, "frames_s": res["frames"] / span,
+        "case": case.name,
+        "clients": res["subscribed"],
+        "colls": case.colls,
+        "offered": case.rate,
+        "posted_rate": poster.ok / max(poster.elapsed, 1e-9),
+        "posted": poster.ok,
+        "post_failed": poster.failed,
+        "events_s": res["events"] / span,
+        "frames_s": res["frames"] / span,
         "ev_per_frame": res["events"] / max(res["frames"], 1),
-        "p50": res["p50_ms"], "p99": res["p99_ms"], "max": res["max_ms"],
-        "loss": expected - res["events"], "expected": expected,
-        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9), "rss": rss, "hwm": hwm,
-        "closed": res["closed"], "sub_failed": res["sub_failed"],
-        "ingest_p50": poster.ingest_p50_ms(), "lag50": lag50, "lag99": lag99,
+        "p50": res["p50_ms"],
+        "p99": res["p99_ms"],
+        "max": res["max_ms"],
+        "loss": expected - res["events"],
+        "expected": expected,
+        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        "rss": rss,
+        "hwm": hwm,
+        "closed": res["closed"],
+        "sub_failed": res["sub_failed"],
+        "ingest_p50": poster.ingest_p50_ms(),
+        "lag50": lag50,
+        "lag99": lag99,
         "note": case.note,
     }
 
@@ -410,7 +478,9 @@ def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
     env = dict(os.environ, BARE_SECONDS=str(case.seconds), **case.env)
     bare = subprocess.Popen(
         pinned(a.server_cpu, [sys.executable, str(ROOT / "bench" / "fanout_bare.py"), str(port)]),
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     client: LoadClient | None = None
     try:
@@ -438,25 +508,43 @@ def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
             bare.kill()
     span = max(res["span_s"], 1e-9)
     return {
-        "case": case.name, "clients": res["subscribed"], "colls": 1, "offered": 0,
-        "posted_rate": 0, "posted": sent, "post_failed": 0,
-        "events_s": res["events"] / span, "frames_s": res["frames"] / span, "ev_per_frame": 1.0,
-        "p50": 0, "p99": 0, "max": 0, "loss": sent * clients - res["events"],
-        "expected": sent * clients, "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
-        "rss": rss, "hwm": hwm, "closed": res["closed"], "sub_failed": res["sub_failed"],
-        "ingest_p50": 0.0, "lag50": 0.0, "lag99": 0.0, "note": case.note,
+        "case": case.name,
+        "clients": res["subscribed"],
+        "colls": 1,
+        "offered": 0,
+        "posted_rate": 0,
+        "posted": sent,
+        "post_failed": 0,
+        "events_s": res["events"] / span,
+        "frames_s": res["frames"] / span,
+        "ev_per_frame": 1.0,
+        "p50": 0,
+        "p99": 0,
+        "max": 0,
+        "loss": sent * clients - res["events"],
+        "expected": sent * clients,
+        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        "rss": rss,
+        "hwm": hwm,
+        "closed": res["closed"],
+        "sub_failed": res["sub_failed"],
+        "ingest_p50": 0.0,
+        "lag50": 0.0,
+        "lag99": 0.0,
+        "note": case.note,
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
-            "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB | "
-            "webhook answer p50 ms | node read lag p50/p99 ms |")
+    head = (
+        "| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
+        "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB | "
+        "webhook answer p50 ms | node read lag p50/p99 ms |"
+    )
     lines = [head, "|" + " --- |" * 15]
     for r in rows:
         bare = r["case"].startswith("bare")
-        lat = ("-", "-", "-") if bare else (
-            f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
+        lat = ("-", "-", "-") if bare else (f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
         rate = "-" if bare else f"{r['offered']:.0f} / {r['posted_rate']:.0f}"
         lines.append(
             f"| {r['case']} | {r['clients']} | {r['colls']} | {rate} | {r['events_s']:,.0f} | "
@@ -507,9 +595,13 @@ def main() -> None:
     p.add_argument("--ingest-workers", type=int, default=2)
     p.add_argument("--poster-threads", type=int, default=4)
     p.add_argument("--json", default=None, help="also write the rows to this file")
-    p.add_argument("--nice", type=int, default=-10,
-                   help="niceness of every process under test (less disturbance from other work "
-                        "on a shared machine; needs root for < 0; 0 = off)")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="niceness of every process under test (less disturbance from other work "
+        "on a shared machine; needs root for < 0; 0 = off)",
+    )
     a = p.parse_args()
     global NICE
     NICE = a.nice if a.nice >= 0 or os.geteuid() == 0 else 0
@@ -526,11 +618,21 @@ def main() -> None:
             for k, name in enumerate(names):
                 case = CASES[name]
                 if a.seconds or a.clients or a.rate:
-                    case = Case(case.name, a.clients or case.clients, case.colls,
-                                a.rate or case.rate, a.seconds or case.seconds, case.env, case.note)
+                    case = Case(
+                        case.name,
+                        a.clients or case.clients,
+                        case.colls,
+                        a.rate or case.rate,
+                        a.seconds or case.seconds,
+                        case.env,
+                        case.note,
+                    )
                 try:
-                    row = (run_bare(stack, client_bin, case) if name.startswith("bare")
-                           else run_node_case(stack, client_bin, case, rep * 100 + k))
+                    row = (
+                        run_bare(stack, client_bin, case)
+                        if name.startswith("bare")
+                        else run_node_case(stack, client_bin, case, rep * 100 + k)
+                    )
                 except Exception as exc:  # one broken case must not lose the others
                     print(f"# run {rep + 1} {name} FAILED: {exc!r}", flush=True)
                     continue
@@ -543,20 +645,28 @@ def main() -> None:
     by = {r["case"]: r for r in rows}
     if "sat1" in by and "bare" in by:
         ratio = by["sat1"]["events_s"] / max(by["bare"]["events_s"], 1)
-        print(f"\nnode at saturation (1 event/frame) / bare broadcast ceiling: {ratio:.0%} "
-              "(aim >= 70%)")
+        print(
+            f"\nnode at saturation (1 event/frame) / bare broadcast ceiling: {ratio:.0%} "
+            "(aim >= 70%)"
+        )
     if "bareraw" in by and "bare" in by:
-        print(f"prebuilt frame to transport / broadcast(): "
-              f"{by['bareraw']['events_s'] / max(by['bare']['events_s'], 1):.0%}")
+        print(
+            f"prebuilt frame to transport / broadcast(): "
+            f"{by['bareraw']['events_s'] / max(by['bare']['events_s'], 1):.0%}"
+        )
     for name in ("a500", "b"):
         if name in by and "bare" in by:
-            print(f"{name} delivered events/s / bare ceiling: "
-                  f"{by[name]['events_s'] / max(by['bare']['events_s'], 1):.0%} (batched frames)")
+            print(
+                f"{name} delivered events/s / bare ceiling: "
+                f"{by[name]['events_s'] / max(by['bare']['events_s'], 1):.0%} (batched frames)"
+            )
     if "aim" in by:
         r = by["aim"]
         verdict = "met" if r["p99"] < 20 and r["loss"] == 0 else "NOT met"
-        print(f"aim (1,000 clients x 50 webhooks/s, p99 < 20 ms, no loss): {verdict} "
-              f"(p99 {r['p99']:.1f} ms, loss {r['loss']})")
+        print(
+            f"aim (1,000 clients x 50 webhooks/s, p99 < 20 ms, no loss): {verdict} "
+            f"(p99 {r['p99']:.1f} ms, loss {r['loss']})"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "median": rows}, indent=1))
 

@@ -108,9 +108,24 @@ def redis_proc(cpus: str | None) -> Iterator[int]:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="vski-bench-redis-")
     proc = subprocess.Popen(
-        [*taskset(cpus), "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", tmp, "--maxmemory-policy", "noeviction"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            *taskset(cpus),
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     REDIS_PIDS.append(proc.pid)  # taskset execs redis-server: same pid
     try:
@@ -127,22 +142,34 @@ def server_proc(cfg: Config, redis_port: int, cpus: str | None) -> Iterator[int]
     port = free_port()
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "JWT_SECRET": SECRET,
-        "INGEST_BIND": f"127.0.0.1:{port}", "INGEST_WORKERS": str(cfg.workers),
-        "INGEST_WORKER_CLASS": cfg.worker_class, "INGEST_THREADS": str(cfg.threads),
-        "LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "JWT_SECRET": SECRET,
+            "INGEST_BIND": f"127.0.0.1:{port}",
+            "INGEST_WORKERS": str(cfg.workers),
+            "INGEST_WORKER_CLASS": cfg.worker_class,
+            "INGEST_THREADS": str(cfg.threads),
+            "LOG_LEVEL": "warning",
+        }
+    )
     if cfg.app == "ingest":
         cmd = [str(BIN / "vski-ingest")]
     else:  # the same gunicorn config file, another app
-        cmd = [str(BIN / "gunicorn"), "--config", "python:ingest.gunicorn_conf",
-               "--pythonpath", str(HERE), "ingest_bare_app:app"]
+        cmd = [
+            str(BIN / "gunicorn"),
+            "--config",
+            "python:ingest.gunicorn_conf",
+            "--pythonpath",
+            str(HERE),
+            "ingest_bare_app:app",
+        ]
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finally
         prefix="vski-bench-gunicorn-", suffix=".log", delete=False
     )
-    proc = subprocess.Popen([*taskset(cpus), *cmd], env=env, stdout=log, stderr=log,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*taskset(cpus), *cmd], env=env, stdout=log, stderr=log, start_new_session=True
+    )
     SERVER_PIDS.append(proc.pid)
     try:
         wait_port(port)
@@ -159,15 +186,33 @@ def server_proc(cfg: Config, redis_port: int, cpus: str | None) -> Iterator[int]
         os.unlink(log.name)
 
 
-def run_wrk(port: int, duration: float, conns: int, threads: int, cpus: str | None,
-            token: str, nonce: str, close: bool = False) -> dict[str, int]:
+def run_wrk(
+    port: int,
+    duration: float,
+    conns: int,
+    threads: int,
+    cpus: str | None,
+    token: str,
+    nonce: str,
+    close: bool = False,
+) -> dict[str, int]:
     env = dict(os.environ, VSKI_TOKEN=token, VSKI_NONCE=nonce, VSKI_CLOSE="1" if close else "0")
-    cmd = [*taskset(cpus), "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s",
-           "--timeout", "5s", "-s", str(HERE / "ingest_wrk.lua"), f"http://127.0.0.1:{port}"]
+    cmd = [
+        *taskset(cpus),
+        "wrk",
+        f"-t{threads}",
+        f"-c{conns}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "ingest_wrk.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            return dict(json.loads(line[len("WRKJSON "):]))
+            return dict(json.loads(line[len("WRKJSON ") :]))
     raise RuntimeError(f"wrk gave no summary:\n{out.stdout}\n{out.stderr}")
 
 
@@ -178,22 +223,42 @@ def stored_events(redis_port: int) -> int:
 
 
 def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
-    token = jwt.encode({"sub": "vski-master", "exp": int(time.time()) + 3600}, SECRET,
-                       algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "vski-master", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
+    )
     with redis_proc(args.server_cpus) as rport, server_proc(cfg, rport, args.server_cpus) as port:
-        run_wrk(port, args.warmup, args.connections, args.wrk_threads, args.wrk_cpus, token,
-                f"w{rep}{cfg.label}", args.close)
+        run_wrk(
+            port,
+            args.warmup,
+            args.connections,
+            args.wrk_threads,
+            args.wrk_cpus,
+            token,
+            f"w{rep}{cfg.label}",
+            args.close,
+        )
         before = stored_events(rport) if cfg.app == "ingest" else 0
         pids = [SERVER_PIDS[-1], REDIS_PIDS[-1]]
         cpu_before = cpu_seconds(pids)
-        s = run_wrk(port, args.duration, args.connections, args.wrk_threads, args.wrk_cpus,
-                    token, f"m{rep}{cfg.label}", args.close)
+        s = run_wrk(
+            port,
+            args.duration,
+            args.connections,
+            args.wrk_threads,
+            args.wrk_cpus,
+            token,
+            f"m{rep}{cfg.label}",
+            args.close,
+        )
         cpu = cpu_seconds(pids) - cpu_before
         stored = stored_events(rport) - before if cfg.app == "ingest" else s["requests"]
     errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
     return Result(
-        rate=s["requests"] / (s["duration_us"] / 1e6), p50_ms=s["p50_us"] / 1000,
-        p99_ms=s["p99_us"] / 1000, errors=errors, stored=stored,
+        rate=s["requests"] / (s["duration_us"] / 1e6),
+        p50_ms=s["p50_us"] / 1000,
+        p99_ms=s["p99_us"] / 1000,
+        errors=errors,
+        stored=stored,
         cpu_us=cpu / max(1, s["requests"]) * 1e6,
     )
 
@@ -209,13 +274,18 @@ def main() -> None:
     ap.add_argument("--gthread", default="", help="extra gthread rows as WORKERSxTHREADS,...")
     ap.add_argument("--server-cpus", default="0,1", help="taskset CPUs of Redis and gunicorn")
     ap.add_argument("--wrk-cpus", default="1", help="taskset CPUs of wrk")
-    ap.add_argument("--close", action="store_true",
-                    help="send Connection: close (a new connection per webhook); the sync worker "
-                    "closes after every response anyway, gthread keeps connections alive")
+    ap.add_argument(
+        "--close",
+        action="store_true",
+        help="send Connection: close (a new connection per webhook); the sync worker "
+        "closes after every response anyway, gthread keeps connections alive",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install -y wrk (or build it from "
-                 "https://github.com/wg/wrk)")
+        sys.exit(
+            "wrk is not installed: apt-get install -y wrk (or build it from "
+            "https://github.com/wg/wrk)"
+        )
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH: install Redis 7")
 
@@ -234,31 +304,50 @@ def main() -> None:
             res = measure(cfg, args, rep)
             this[cfg.label] = res
             results[cfg.label].append(res)
-            print(f"run {rep + 1}/{args.runs} {cfg.label:22s} {res.rate:8.0f}/s "
-                  f"p50 {res.p50_ms:6.2f} ms p99 {res.p99_ms:6.2f} ms cpu {res.cpu_us:4.0f} us/req "
-                  f"errors {res.errors} stored {res.stored}", flush=True)
+            print(
+                f"run {rep + 1}/{args.runs} {cfg.label:22s} {res.rate:8.0f}/s "
+                f"p50 {res.p50_ms:6.2f} ms p99 {res.p99_ms:6.2f} ms cpu {res.cpu_us:4.0f} us/req "
+                f"errors {res.errors} stored {res.stored}",
+                flush=True,
+            )
         for cfg in configs:
-            floor = this["bare sync x4"] if cfg.worker_class == "sync" else this[
-                f"bare gthread {cfg.workers}x{cfg.threads}"]
+            floor = (
+                this["bare sync x4"]
+                if cfg.worker_class == "sync"
+                else this[f"bare gthread {cfg.workers}x{cfg.threads}"]
+            )
             ratios[cfg.label].append(this[cfg.label].rate / floor.rate)
 
-    print(f"\nmedians of {args.runs} runs, {args.duration:g} s each, {args.connections} "
-          f"connections{' (Connection: close)' if args.close else ''}, "
-          f"server CPUs {args.server_cpus}, wrk CPUs {args.wrk_cpus}")
-    print(f"| {'configuration':22s} | webhooks/s | p50 ms | p99 ms | ratio to bare "
-          "| server CPU µs/req | errors |")
-    print(f"| {'-' * 22} | ---------- | ------ | ------ | ------------- "
-          "| ----------------- | ------ |")
+    print(
+        f"\nmedians of {args.runs} runs, {args.duration:g} s each, {args.connections} "
+        f"connections{' (Connection: close)' if args.close else ''}, "
+        f"server CPUs {args.server_cpus}, wrk CPUs {args.wrk_cpus}"
+    )
+    print(
+        f"| {'configuration':22s} | webhooks/s | p50 ms | p99 ms | ratio to bare "
+        "| server CPU µs/req | errors |"
+    )
+    print(
+        f"| {'-' * 22} | ---------- | ------ | ------ | ------------- "
+        "| ----------------- | ------ |"
+    )
     for cfg in configs:
         rs = results[cfg.label]
-        print(f"| {cfg.label:22s} | {statistics.median(r.rate for r in rs):10.0f} "
-              f"| {statistics.median(r.p50_ms for r in rs):6.2f} "
-              f"| {statistics.median(r.p99_ms for r in rs):6.2f} "
-              f"| {statistics.median(ratios[cfg.label]):13.2f} "
-              f"| {statistics.median(r.cpu_us for r in rs):17.0f} "
-              f"| {sum(r.errors for r in rs):6d} |")
-    lost = [(c.label, r.stored, r.rate) for c in configs if c.app == "ingest"
-            for r in results[c.label] if r.errors == 0 and r.stored <= 0]
+        print(
+            f"| {cfg.label:22s} | {statistics.median(r.rate for r in rs):10.0f} "
+            f"| {statistics.median(r.p50_ms for r in rs):6.2f} "
+            f"| {statistics.median(r.p99_ms for r in rs):6.2f} "
+            f"| {statistics.median(ratios[cfg.label]):13.2f} "
+            f"| {statistics.median(r.cpu_us for r in rs):17.0f} "
+            f"| {sum(r.errors for r in rs):6d} |"
+        )
+    lost = [
+        (c.label, r.stored, r.rate)
+        for c in configs
+        if c.app == "ingest"
+        for r in results[c.label]
+        if r.errors == 0 and r.stored <= 0
+    ]
     if lost:
         print(f"WARNING: runs that stored nothing: {lost}")
 

@@ -41,8 +41,15 @@ def load(folder: Path, since_minutes: float | None) -> list[dict[str, Any]]:
 
 
 FILES = [  # the order of the table: faults by tier, then hostile input by tier
-    "reliability_fanout", "reliability_cluster", "reliability_redis", "reliability_ingest",
-    "reliability_soak", "abuse_tokens", "abuse_webhooks", "abuse_ws", "fuzz",
+    "reliability_fanout",
+    "reliability_cluster",
+    "reliability_redis",
+    "reliability_ingest",
+    "reliability_soak",
+    "abuse_tokens",
+    "abuse_webhooks",
+    "abuse_ws",
+    "fuzz",
 ]
 
 
@@ -75,14 +82,22 @@ def render(rows: list[dict[str, Any]]) -> str:
             observed = f"{observed} ({r['error']})".strip()
         delivered = bool(r.get("events"))  # lost/duplicated only mean something with events
         lines.append(
-            "| " + " | ".join(
-                cell(x) for x in (
-                    AREAS.get(r["area"], r["area"]), r["case"], r.get("tried"),
-                    r.get("events") or None, r.get("clients") or None,
+            "| "
+            + " | ".join(
+                cell(x)
+                for x in (
+                    AREAS.get(r["area"], r["area"]),
+                    r["case"],
+                    r.get("tried"),
+                    r.get("events") or None,
+                    r.get("clients") or None,
                     r.get("lost") if delivered else None,
-                    r.get("duplicated") if delivered else None, result, observed,
+                    r.get("duplicated") if delivered else None,
+                    result,
+                    observed,
                 )
-            ) + " |"
+            )
+            + " |"
         )
     lost = sum(int(r.get("lost") or 0) for r in rows if r.get("result") == "pass")
     dup = sum(int(r.get("duplicated") or 0) for r in rows if r.get("result") == "pass")
@@ -99,7 +114,8 @@ def render(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--dir", type=Path,
+        "--dir",
+        type=Path,
         default=Path(os.environ.get("VSKI_RELIABILITY_DIR") or ROOT / ".vski" / "reliability"),
     )
     parser.add_argument("--since-minutes", type=float, default=None)

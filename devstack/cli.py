@@ -1,9 +1,9 @@
 """``vski-realtime``: the dev stack and the small tools that show it working.
 
-    vski-realtime dev       # Redis (embedded if REDIS_URL is unset), ingest, 2 fanout, console
-    vski-realtime token     # a dev token signed with JWT_SECRET (or the stack's stored dev secret)
-    vski-realtime post      # post a sample webhook to ingest
-    vski-realtime listen    # open the WebSocket like the SDK and print events as they arrive
+vski-realtime dev       # Redis (embedded if REDIS_URL is unset), ingest, 2 fanout, console
+vski-realtime token     # a dev token signed with JWT_SECRET (or the stack's stored dev secret)
+vski-realtime post      # post a sample webhook to ingest
+vski-realtime listen    # open the WebSocket like the SDK and print events as they arrive
 """
 
 from __future__ import annotations
@@ -70,13 +70,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     secret, source = st.dev_secret(state)
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
-    stack = Stack(StackOptions(
-        state=state, host=args.host, ingest_port=args.ingest_port,
-        ingest_workers=args.ingest_workers, fanout_port=args.fanout_port,
-        fanout_nodes=args.fanout_nodes, console_port=args.console_port,
-        redis_port=args.redis_port, redis_url=redis_url, secret=secret,
-        echo=None if args.quiet else sys.stdout,
-    ))
+    stack = Stack(
+        StackOptions(
+            state=state,
+            host=args.host,
+            ingest_port=args.ingest_port,
+            ingest_workers=args.ingest_workers,
+            fanout_port=args.fanout_port,
+            fanout_nodes=args.fanout_nodes,
+            console_port=args.console_port,
+            redis_port=args.redis_port,
+            redis_url=redis_url,
+            secret=secret,
+            echo=None if args.quiet else sys.stdout,
+        )
+    )
 
     stop = threading.Event()
     started = threading.Event()
@@ -94,25 +102,49 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"starting the dev stack (state in {state})", flush=True)
         stack.start()
         if not args.no_console:
-            console = ConsoleServer(args.host, args.console_port, ConsoleConfig(
-                ingest_url=stack.ingest_url, fanout_urls=stack.fanout_urls,
-                token=lambda: st.mint_token(secret), db=args.db, collection=args.collection,
-            )).start()
+            console = ConsoleServer(
+                args.host,
+                args.console_port,
+                ConsoleConfig(
+                    ingest_url=stack.ingest_url,
+                    fanout_urls=stack.fanout_urls,
+                    token=lambda: st.mint_token(secret),
+                    db=args.db,
+                    collection=args.collection,
+                ),
+            ).start()
         console_url = f"http://{stack.public_host}:{args.console_port}" if console else None
         redis_note = (
             f"{stack.redis_url} (embedded: {stack.redis.source}, data in {stack.redis.data_dir})"
-            if stack.redis else f"{stack.redis_url} (REDIS_URL)"
+            if stack.redis
+            else f"{stack.redis_url} (REDIS_URL)"
         )
-        st.write_stack_info(state, {
-            "ingest": stack.ingest_url, "fanout": stack.fanout_urls, "console": console_url,
-            "redis": stack.redis_url, "pids": stack.pids(), "supervisor": os.getpid(),
-        })
+        st.write_stack_info(
+            state,
+            {
+                "ingest": stack.ingest_url,
+                "fanout": stack.fanout_urls,
+                "console": console_url,
+                "redis": stack.redis_url,
+                "pids": stack.pids(),
+                "supervisor": os.getpid(),
+            },
+        )
         started.set()
-        print(render(
-            redis=redis_note, ingest_url=stack.ingest_url, fanout_urls=stack.fanout_urls,
-            console_url=console_url, token=st.mint_token(secret), secret_source=source,
-            db=args.db, collection=args.collection, state=str(state),
-        ), flush=True)
+        print(
+            render(
+                redis=redis_note,
+                ingest_url=stack.ingest_url,
+                fanout_urls=stack.fanout_urls,
+                console_url=console_url,
+                token=st.mint_token(secret),
+                secret_source=source,
+                db=args.db,
+                collection=args.collection,
+                state=str(state),
+            ),
+            flush=True,
+        )
         stack.run_until_stopped(stop)
     except KeyboardInterrupt:
         pass
@@ -225,10 +257,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
     collections = args.collection or ["posts"]
     sys.stderr.write(f"# listening to {', '.join(collections)} in {args.db}\n")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(listen(
-            url, collections, last_id=args.last_id, group=args.group, on_frame=show,
-            max_events=args.count, reconnect=not args.no_reconnect,
-        ))
+        asyncio.run(
+            listen(
+                url,
+                collections,
+                last_id=args.last_id,
+                group=args.group,
+                on_frame=show,
+                max_events=args.count,
+                reconnect=not args.no_reconnect,
+            )
+        )
     return 0
 
 
@@ -236,8 +275,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vski-realtime", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vski-realtime",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     state_help = "dev state folder (default: $VSKI_STATE_DIR or ./.vski)"
     p.add_argument("--state-dir", help=state_help)
     sub = p.add_subparsers(dest="command", required=True)

@@ -48,7 +48,9 @@ def post_webhook(
     """POST one webhook to ``<ingest_url>/webhook``; returns (status, JSON answer)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(
-        ingest_url.rstrip("/") + "/webhook", data=data, method="POST",
+        ingest_url.rstrip("/") + "/webhook",
+        data=data,
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     if token:
@@ -118,10 +120,16 @@ async def listen(
                     for event in events:
                         seen += 1
                         if group and event.get("ackId"):
-                            await ws.send(json.dumps({
-                                "type": "ACK", "collection": coll,
-                                "id": event["ackId"], "group": group,
-                            }))
+                            await ws.send(
+                                json.dumps(
+                                    {
+                                        "type": "ACK",
+                                        "collection": coll,
+                                        "id": event["ackId"],
+                                        "group": group,
+                                    }
+                                )
+                            )
                         elif coll in last_ids and event.get("id"):
                             last_ids[coll] = str(event["id"])
                     if max_events is not None and seen >= max_events:

@@ -65,10 +65,16 @@ def make_handler(cfg: ConsoleConfig) -> type[BaseHTTPRequestHandler]:
                 name, ctype = STATIC[path]
                 self._send(200, _asset(name), ctype)
             elif path == "/api/config":
-                self._json(200, {
-                    "ingest": cfg.ingest_url, "fanout": cfg.fanout_urls, "token": cfg.token(),
-                    "db": cfg.db, "collection": cfg.collection,
-                })
+                self._json(
+                    200,
+                    {
+                        "ingest": cfg.ingest_url,
+                        "fanout": cfg.fanout_urls,
+                        "token": cfg.token(),
+                        "db": cfg.db,
+                        "collection": cfg.collection,
+                    },
+                )
             else:
                 self._json(404, {"error": "not_found", "message": f"no page at {path}"})
 

@@ -117,13 +117,31 @@ class EmbeddedRedis:
             self.port = free_port(self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            str(self.binary), "--port", str(self.port), "--bind", self.host,
-            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
-            "--maxmemory-policy", "noeviction", "--protected-mode", "no",
-            "--logfile", str(self.data_dir / "server.log"), "--daemonize", "no",
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(self.data_dir / "server.log"),
+            "--daemonize",
+            "no",
         ]
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
         )
         self._wait_ping(timeout)
@@ -137,9 +155,10 @@ class EmbeddedRedis:
                     f"redis-server exited with {self.proc.returncode}; see "
                     f"{self.data_dir / 'server.log'}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.5
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.5) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(64).startswith(b"+PONG"):
                     return

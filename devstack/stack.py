@@ -54,11 +54,17 @@ class Child:
     def start(self) -> Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            self.args,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        self._pump = threading.Thread(target=self._copy_output, name=f"log-{self.name}",
-                                      daemon=True)
+        self._pump = threading.Thread(
+            target=self._copy_output, name=f"log-{self.name}", daemon=True
+        )
         self._pump.start()
         return self
 
@@ -163,12 +169,14 @@ class Stack:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "REDIS_URL": self.redis_url,
-            "JWT_SECRET": self.opts.secret,
-            "VSKI_DEV": "true",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "REDIS_URL": self.redis_url,
+                "JWT_SECRET": self.opts.secret,
+                "VSKI_DEV": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("FANOUT_DRAIN_SECONDS", "2")  # quick Ctrl-C; production default is 10
         env.setdefault("INGEST_GRACEFUL_TIMEOUT", "5")
@@ -183,17 +191,27 @@ class Stack:
             self.redis.start()
             self.redis_url = self.redis.url
         py = sys.executable
-        self.children.append(Child(
-            "ingest", [py, "-m", "ingest"],
-            self._env(INGEST_BIND=f"{o.host}:{o.ingest_port}",
-                      INGEST_WORKERS=str(o.ingest_workers)),
-            logs / "ingest.log", o.echo,
-        ).start())
+        self.children.append(
+            Child(
+                "ingest",
+                [py, "-m", "ingest"],
+                self._env(
+                    INGEST_BIND=f"{o.host}:{o.ingest_port}", INGEST_WORKERS=str(o.ingest_workers)
+                ),
+                logs / "ingest.log",
+                o.echo,
+            ).start()
+        )
         for i, port in enumerate(self.fanout_ports, 1):
-            self.children.append(Child(
-                f"fanout-{i}", [py, "-m", "fanout"], self._env(FANOUT_BIND=f"{o.host}:{port}"),
-                logs / f"fanout-{i}.log", o.echo,
-            ).start())
+            self.children.append(
+                Child(
+                    f"fanout-{i}",
+                    [py, "-m", "fanout"],
+                    self._env(FANOUT_BIND=f"{o.host}:{port}"),
+                    logs / f"fanout-{i}.log",
+                    o.echo,
+                ).start()
+            )
         checks = [f"{self.ingest_url}/ready"] + [
             f"http://{self.public_host}:{p}/ready" for p in self.fanout_ports
         ]
@@ -231,8 +249,11 @@ class Stack:
             out["redis"] = self.redis.proc.pid
         return {k: v for k, v in out.items() if v is not None}
 
-    def run_until_stopped(self, stop: threading.Event, on_tick: Callable[[], None] | None = None,
-                          ) -> None:
+    def run_until_stopped(
+        self,
+        stop: threading.Event,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         while not stop.wait(0.5):
             self.check_children()
             if on_tick is not None:

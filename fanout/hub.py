@@ -352,9 +352,7 @@ class Hub:
         reach it (live notifications advance it), instead of replaying the whole collection."""
         deadline = time.monotonic() + self.settings.replica_wait
         while time.monotonic() < deadline:
-            if stream.epoch is not None and (
-                stream.epoch != last.epoch or stream.seq >= last.seq
-            ):
+            if stream.epoch is not None and (stream.epoch != last.epoch or stream.seq >= last.seq):
                 return
             await asyncio.sleep(0.02)
         log.info("replica_behind_client", collection=stream.keys.collection, cursor=stream.seq)
@@ -564,9 +562,7 @@ class Hub:
 
     async def _sweep(self) -> None:
         await self.redis.cmd.ping()  # readiness also covers a node with nothing subscribed
-        items = [
-            (ch, st) for ch, st in self.streams.items() if st.initialized and not st.repairing
-        ]
+        items = [(ch, st) for ch, st in self.streams.items() if st.initialized and not st.repairing]
         for i in range(0, len(items), 500):
             chunk = items[i : i + 500]
             pipe = (

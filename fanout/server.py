@@ -141,9 +141,7 @@ class FanoutServer:
 
     # ------------------------------------------------------------------ HTTP before the upgrade
 
-    async def _process_request(
-        self, conn: ServerConnection, request: Request
-    ) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         try:
             return self._check(conn, request)
         except Exception:

@@ -84,7 +84,9 @@ class WebhookResource:
     def _handle(self, req: falcon.Request) -> tuple[str, bool]:
         if self.limiter is not None and not self.limiter.allow(req.remote_addr or "-"):
             raise HTTPJsonError(
-                429, "rate_limited", "too many webhooks from this sender: retry later",
+                429,
+                "rate_limited",
+                "too many webhooks from this sender: retry later",
                 {"Retry-After": str(self.limiter.retry_after())},
             )
         if self.verifier is not None:
@@ -103,14 +105,17 @@ class WebhookResource:
             metrics.REPLICATION_TIMEOUTS.inc()
             log.warning("replication_timeout", detail=str(exc))
             raise HTTPJsonError(
-                503, "replication_timeout",
-                f"{exc}; the sender should retry (a retry is deduplicated)", _RETRY,
+                503,
+                "replication_timeout",
+                f"{exc}; the sender should retry (a retry is deduplicated)",
+                _RETRY,
             ) from None
         except (redis.RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.inc()
             log.warning("redis_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
             raise HTTPJsonError(
-                503, "redis_unavailable",
+                503,
+                "redis_unavailable",
                 "the event store (Redis) is unavailable and the event was not confirmed; retry "
                 "(a retry of an event that did get stored is recognised and not stored twice)",
                 _RETRY,
@@ -123,7 +128,8 @@ class WebhookResource:
         length = req.content_length  # a malformed header raises HTTPInvalidHeader -> 400
         if length is not None and length > limit:
             raise HTTPJsonError(
-                413, "payload_too_large",
+                413,
+                "payload_too_large",
                 f"webhook body is {length} bytes; the limit is {limit} (INGEST_MAX_BODY_BYTES)",
             )
         ctype = req.content_type
@@ -133,7 +139,8 @@ class WebhookResource:
         ):
             shown = (ctype or "").partition(";")[0].strip()[:60] or "none"
             raise HTTPJsonError(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"Content-Type must be application/json, got {shown!r}",
             )
         try:
@@ -144,12 +151,14 @@ class WebhookResource:
             body = req.stream.read(limit + 1)
         except OSError:  # the sender stalled past INGEST_TIMEOUT (gthread socket timeout)
             raise HTTPJsonError(
-                408, "request_timeout",
+                408,
+                "request_timeout",
                 "the webhook body did not arrive in time (INGEST_TIMEOUT); nothing was stored",
             ) from None
         if len(body) > limit:
             raise HTTPJsonError(
-                413, "payload_too_large",
+                413,
+                "payload_too_large",
                 f"webhook body exceeds {limit} bytes (INGEST_MAX_BODY_BYTES)",
             )
         return body
@@ -187,7 +196,8 @@ class MetricsResource:
 
 def _not_found(req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
     _answer(
-        resp, 404,
+        resp,
+        404,
         {"error": "not_found", "message": f"no such endpoint: {req.path[:100]}; use POST /webhook"},
     )
 

@@ -58,9 +58,7 @@ def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
     """gunicorn refuses malformed HTTP (bad request line, bad Content-Length, oversized headers)
     before the app runs; answer those in the same JSON shape as the app, not gunicorn's HTML."""
     code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
-    body = msgspec.json.encode(
-        {"error": code, "message": f"malformed HTTP request: {mesg}"[:300]}
-    )
+    body = msgspec.json.encode({"error": code, "message": f"malformed HTTP request: {mesg}"[:300]})
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -75,8 +73,12 @@ def on_starting(server: Any) -> None:
     setup_logging(_s.common.log_format, _s.common.log_level)
     log = get_logger("ingest")
     log.info(
-        "ingest_starting", bind=_s.bind, workers=_s.workers, worker_class=_s.worker_class,
-        threads=_s.threads, wait_replicas=_s.wait_replicas,
+        "ingest_starting",
+        bind=_s.bind,
+        workers=_s.workers,
+        worker_class=_s.worker_class,
+        threads=_s.threads,
+        wait_replicas=_s.wait_replicas,
     )
     if not _s.require_auth:
         log.warning(

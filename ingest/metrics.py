@@ -26,7 +26,8 @@ WEBHOOKS = Counter(
     ["outcome"],
 )
 LATENCY = Histogram(
-    "vski_ingest_webhook_seconds", "Time to answer a webhook (inside the worker)",
+    "vski_ingest_webhook_seconds",
+    "Time to answer a webhook (inside the worker)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 REDIS_ERRORS = Counter("vski_ingest_redis_errors_total", "Redis calls that failed or timed out")

@@ -135,8 +135,13 @@ class EventStore:
         """
         keys = collection_keys(hook.database, hook.collection, self.prefix)
         argv = (
-            keys.stream, keys.meta, keys.dedupe(dedupe_digest(hook)), keys.channel,
-            hook.data_json(), new_epoch(), *self._tail_args,
+            keys.stream,
+            keys.meta,
+            keys.dedupe(dedupe_digest(hook)),
+            keys.channel,
+            hook.data_json(),
+            new_epoch(),
+            *self._tail_args,
         )
         if self.wait_replicas > 0:
             result, acked = self._append_and_wait(keys.stream, argv)

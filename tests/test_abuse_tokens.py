@@ -102,8 +102,9 @@ def test_hostile_tokens_are_refused_at_ingest(tiers: tuple[Proc, Proc]) -> None:
         leaks = []
         for name, token in tokens.items():
             if token == "":
-                reply = post_webhook(ingest.port, webhook_body(), headers={"Authorization": ""},
-                                     token=None)
+                reply = post_webhook(
+                    ingest.port, webhook_body(), headers={"Authorization": ""}, token=None
+                )
             else:
                 reply = post_webhook(ingest.port, webhook_body(), token=token)
             answers[name] = reply.status
@@ -111,20 +112,30 @@ def test_hostile_tokens_are_refused_at_ingest(tiers: tuple[Proc, Proc]) -> None:
                 leaks.append(name)
             if reply.status == 401:
                 assert reply.json()["error"] in {
-                    "missing_token", "invalid_token", "token_expired", "token_not_yet_valid",
+                    "missing_token",
+                    "invalid_token",
+                    "token_expired",
+                    "token_not_yet_valid",
                 }, (name, reply.body)
         basic = post_webhook(
             ingest.port, webhook_body(), token=None, headers={"Authorization": "Basic dTpw"}
         )
         answers["Basic scheme"] = basic.status
         ok = post_webhook(ingest.port, webhook_body(record_id="after-hostile"))
-        wrong = {n: s for n, s in answers.items() if s != 401 and not (
-            n in ("9 KB", "100 KB") and s in OVERSIZE)}
+        wrong = {
+            n: s
+            for n, s in answers.items()
+            if s != 401 and not (n in ("9 KB", "100 KB") and s in OVERSIZE)
+        }
         row.update(
-            tried=f"{len(answers)} kinds of token, 1 request each", events=0, clients=0,
-            lost=0, duplicated=0,
+            tried=f"{len(answers)} kinds of token, 1 request each",
+            events=0,
+            clients=0,
+            lost=0,
+            duplicated=0,
             notes="all 401 except the 100 KB one (431 from gunicorn before the app)"
-            if not wrong else f"unexpected: {wrong}",
+            if not wrong
+            else f"unexpected: {wrong}",
         )
         assert not wrong, wrong
         assert not leaks, leaks
@@ -159,18 +170,26 @@ async def test_hostile_tokens_are_refused_before_the_upgrade_at_fanout(
                 leaks += [name] if leaks_trace(body) else []
             if status == 401:
                 assert json.loads(body)["error"] in {
-                    "missing_token", "invalid_token", "token_expired", "token_not_yet_valid",
+                    "missing_token",
+                    "invalid_token",
+                    "token_expired",
+                    "token_not_yet_valid",
                 }, (name, body)
         ok_status, _ = await refused(f"{node.ws_url}/api/realtime?auth={make_token()}")
         wrong = {
-            n: s for n, s in answers.items()
+            n: s
+            for n, s in answers.items()
             if s != 401 and not (n.startswith(("9 KB", "100 KB")) and s in OVERSIZE)
         }
         row.update(
-            tried=f"{len(answers)} token/transport combinations", events=0, clients=0,
-            lost=0, duplicated=0,
+            tried=f"{len(answers)} token/transport combinations",
+            events=0,
+            clients=0,
+            lost=0,
+            duplicated=0,
             notes="all 401 before the upgrade except > 8 KB (414/431 from the HTTP parser)"
-            if not wrong else f"unexpected: {wrong}",
+            if not wrong
+            else f"unexpected: {wrong}",
         )
         assert not wrong, wrong
         assert not leaks, leaks

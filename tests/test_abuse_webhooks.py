@@ -23,7 +23,10 @@ HOSTILE_COLL = "hostile"
 
 def body(**fields: object) -> bytes:
     base: dict[str, object] = {
-        "database": "postgres", "collection": HOSTILE_COLL, "id": "r1", "action": "create",
+        "database": "postgres",
+        "collection": HOSTILE_COLL,
+        "id": "r1",
+        "action": "create",
         "record": {"id": "r1"},
     }
     base.update(fields)
@@ -32,19 +35,33 @@ def body(**fields: object) -> bytes:
 
 def nested(depth: int) -> bytes:
     return (
-        b'{"database":"postgres","collection":"' + HOSTILE_COLL.encode()
-        + b'","action":"create","record":' + b'{"a":' * depth + b"1" + b"}" * (depth + 1)
+        b'{"database":"postgres","collection":"'
+        + HOSTILE_COLL.encode()
+        + b'","action":"create","record":'
+        + b'{"a":' * depth
+        + b"1"
+        + b"}" * (depth + 1)
     )
 
 
 # (case, body, content type, expected status, expected error code or None for any)
 CASES: list[tuple[str, bytes, str, int, str | None]] = [
-    ("broken JSON", b'{"database": "postgres", "collection": ', "application/json", 400,
-     "invalid_json"),
+    (
+        "broken JSON",
+        b'{"database": "postgres", "collection": ',
+        "application/json",
+        400,
+        "invalid_json",
+    ),
     ("empty body", b"", "application/json", 400, "invalid_json"),
     ("invalid UTF-8", b"\xff\xfe\x00garbage", "application/json", 400, "invalid_json"),
-    ("NaN literal", body(record={"x": 1}).replace(b"1}", b"NaN}"), "application/json", 400,
-     "invalid_json"),
+    (
+        "NaN literal",
+        body(record={"x": 1}).replace(b"1}", b"NaN}"),
+        "application/json",
+        400,
+        "invalid_json",
+    ),
     ("top-level array", b"[]", "application/json", 422, "invalid_payload"),
     ("top-level string", b'"create"', "application/json", 422, "invalid_payload"),
     ("null", b"null", "application/json", 422, "invalid_payload"),
@@ -58,8 +75,7 @@ CASES: list[tuple[str, bytes, str, int, str | None]] = [
     ("unknown action", body(action="drop"), "application/json", 422, "invalid_action"),
     ("empty action", body(action=""), "application/json", 422, "invalid_action"),
     ("very long action", body(action="x" * 100_000), "application/json", 422, "invalid_action"),
-    ("collection with braces", body(collection="a}{b"), "application/json", 422,
-     "invalid_name"),
+    ("collection with braces", body(collection="a}{b"), "application/json", 422, "invalid_name"),
     ("collection with colon", body(collection="a:b"), "application/json", 422, "invalid_name"),
     ("empty collection", body(collection=""), "application/json", 422, "invalid_name"),
     ("65-char collection", body(collection="c" * 65), "application/json", 422, "invalid_name"),
@@ -71,11 +87,15 @@ CASES: list[tuple[str, bytes, str, int, str | None]] = [
     ("300-char record id", body(id="i" * 300), "application/json", 422, "invalid_payload"),
     ("100k opening brackets", b"[" * 100_000, "application/json", 422, None),
     ("100k nested objects", nested(100_000), "application/json", 400, "invalid_json"),
-    ("2 MB body", body(record={"pad": "x" * 2_000_000}), "application/json", 413,
-     "payload_too_large"),
+    (
+        "2 MB body",
+        body(record={"pad": "x" * 2_000_000}),
+        "application/json",
+        413,
+        "payload_too_large",
+    ),
     ("text/plain", body(), "text/plain", 415, "unsupported_media_type"),
-    ("form encoded", b"a=1", "application/x-www-form-urlencoded", 415,
-     "unsupported_media_type"),
+    ("form encoded", b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
 ]
 
 
@@ -94,7 +114,7 @@ def chunked(payload: bytes, token: str) -> bytes:
         f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
     chunks = b"".join(
-        f"{len(payload[i:i + 65536]):x}\r\n".encode() + payload[i:i + 65536] + b"\r\n"
+        f"{len(payload[i : i + 65536]):x}\r\n".encode() + payload[i : i + 65536] + b"\r\n"
         for i in range(0, len(payload), 65536)
     )
     return head + chunks + b"0\r\n\r\n"
@@ -128,10 +148,14 @@ def test_hostile_webhooks_are_refused_and_nothing_is_stored(
         stored = redis_mod.client().keys(f"*{HOSTILE_COLL}*")
         ok = post_webhook(ingest.port, webhook_body(collection="after_hostile"))
         row.update(
-            tried=f"{len(CASES) + 2} kinds of hostile webhook", events=0, clients=0, lost=0,
+            tried=f"{len(CASES) + 2} kinds of hostile webhook",
+            events=0,
+            clients=0,
+            lost=0,
             duplicated=0,
             notes="each refused with its 400/405/413/415/422 code; none stored"
-            if not wrong else f"unexpected: {list(wrong)}",
+            if not wrong
+            else f"unexpected: {list(wrong)}",
         )
         assert not wrong, wrong
         assert not leaks, leaks
@@ -190,7 +214,10 @@ def test_slowloris_costs_a_sync_worker_at_most_the_timeout(redis_mod: RedisServe
             after = post_webhook(proc.port, webhook_body(record_id="after-slowloris"))
             row.update(
                 tried="1 then 2 stalled senders (body and headers) on 2 workers",
-                events=0, clients=0, lost=0, duplicated=0,
+                events=0,
+                clients=0,
+                lost=0,
+                duplicated=0,
                 notes=f"a valid webhook waited {one.elapsed:.1f} s (1 stalled) and "
                 f"{two.elapsed:.1f} s (all workers stalled); stalled senders cut off",
             )
@@ -207,13 +234,14 @@ def test_slowloris_costs_a_sync_worker_at_most_the_timeout(redis_mod: RedisServe
 # fixed by ingest/workers.py (socket timeouts on gthread client sockets); was a strict xfail
 def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None:
     proc = ingest_proc(
-        redis_mod.url, workers=1, INGEST_TIMEOUT="2", INGEST_WORKER_CLASS="gthread",
+        redis_mod.url,
+        workers=1,
+        INGEST_TIMEOUT="2",
+        INGEST_WORKER_CLASS="gthread",
         INGEST_THREADS="2",
     ).start()
     try:
-        with reported(
-            "hostile", "slowloris senders (gthread workers, INGEST_TIMEOUT=2)"
-        ) as row:
+        with reported("hostile", "slowloris senders (gthread workers, INGEST_TIMEOUT=2)") as row:
             socks = [slowloris(proc.port, body=i % 2 == 0) for i in range(3)]
             time.sleep(0.3)
             try:
@@ -224,9 +252,13 @@ def test_slowloris_on_gthread_workers_is_cut_off(redis_mod: RedisServer) -> None
             for s in socks:
                 s.close()
             row.update(
-                tried="3 stalled senders on 1 worker x 2 threads", events=0, clients=0,
-                lost=0, duplicated=0,
-                notes="valid webhook answered" if status == 200
+                tried="3 stalled senders on 1 worker x 2 threads",
+                events=0,
+                clients=0,
+                lost=0,
+                duplicated=0,
+                notes="valid webhook answered"
+                if status == 200
                 else "valid webhook got no answer in 6 s",
             )
             assert status == 200, "ingest stopped answering while senders stalled"
@@ -257,7 +289,8 @@ def test_rate_limit_answers_429_with_retry_after(redis_mod: RedisServer) -> None
             time.sleep(max(int(x) for x in retry_after if x) if limited else 0)
             again = post_webhook(proc.port, webhook_body(record_id="rl-after"), token=token)
             row.update(
-                tried=f"80 webhooks in {elapsed:.1f} s from one address", clients=1,
+                tried=f"80 webhooks in {elapsed:.1f} s from one address",
+                clients=1,
                 notes=f"{len(ok)} accepted (bound {allowed:.0f}), {len(limited)} answered 429 "
                 f"with Retry-After {sorted(x for x in retry_after if x)}",
             )

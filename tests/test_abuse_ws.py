@@ -125,17 +125,36 @@ def unsub(coll: str) -> str:
 def random_frame(rng: random.Random) -> str | bytes:
     """Frames a confused or malicious client might send: near-miss messages and junk."""
     choices: list[Any] = [
-        lambda: json.dumps({"type": rng.choice(["SUBSCRIBE", "ACK", "UNSUBSCRIBE", "X", 1]),
-                            "collection": rng.choice(["ok", "", "a{b", 5, None, "x" * 70])}),
-        lambda: json.dumps({"type": "SUBSCRIBE", "collection": "fz",
-                            "lastId": rng.choice(["0", "$", "1-1@x", "-1", "9" * 40, {}, 3])}),
-        lambda: json.dumps({"type": "ACK", "collection": "fz", "id": "".join(
-            rng.choice("0123456789-@ab") for _ in range(rng.randrange(30)))}),
+        lambda: json.dumps(
+            {
+                "type": rng.choice(["SUBSCRIBE", "ACK", "UNSUBSCRIBE", "X", 1]),
+                "collection": rng.choice(["ok", "", "a{b", 5, None, "x" * 70]),
+            }
+        ),
+        lambda: json.dumps(
+            {
+                "type": "SUBSCRIBE",
+                "collection": "fz",
+                "lastId": rng.choice(["0", "$", "1-1@x", "-1", "9" * 40, {}, 3]),
+            }
+        ),
+        lambda: json.dumps(
+            {
+                "type": "ACK",
+                "collection": "fz",
+                "id": "".join(rng.choice("0123456789-@ab") for _ in range(rng.randrange(30))),
+            }
+        ),
         lambda: "".join(rng.choice('{}[]":,0aZ\\') for _ in range(rng.randrange(1, 60))),
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60))),
         lambda: "[" * rng.randrange(1, 5000),
-        lambda: json.dumps({"type": "SUBSCRIBE", "collection": "fz", "group": rng.choice(
-            ["g", "", "g:h", "g" * 80])}),
+        lambda: json.dumps(
+            {
+                "type": "SUBSCRIBE",
+                "collection": "fz",
+                "group": rng.choice(["g", "", "g:h", "g" * 80]),
+            }
+        ),
     ]
     return rng.choice(choices)()  # type: ignore[no-any-return]
 
@@ -154,11 +173,19 @@ async def test_hostile_clients_do_not_hurt_the_node_or_its_other_clients(nodes: 
     strict, loose = nodes.strict.port, nodes.loose.port
     flood = [sub("fl") if i % 2 == 0 else unsub("fl") for i in range(2000)]
     many_subs = [sub(f"c{i}") for i in range(2000)]
-    acks_plain = [json.dumps({"type": "ACK", "collection": "steady", "id": f"1-{i}@x"})
-                  for i in range(5000)]
+    acks_plain = [
+        json.dumps({"type": "ACK", "collection": "steady", "id": f"1-{i}@x"}) for i in range(5000)
+    ]
     acks_group = [sub("acks", group="mailers")] + [
-        json.dumps({"type": "ACK", "collection": "acks", "group": "mailers",
-                    "id": f"1795000000000-{i}@deadbeef"}) for i in range(3000)
+        json.dumps(
+            {
+                "type": "ACK",
+                "collection": "acks",
+                "group": "mailers",
+                "id": f"1795000000000-{i}@deadbeef",
+            }
+        )
+        for i in range(3000)
     ]
     fuzz = [random_frame(rng) for _ in range(1500)]
     jobs = {
@@ -191,8 +218,12 @@ async def test_hostile_clients_do_not_hurt_the_node_or_its_other_clients(nodes: 
     latency = ", ".join(f"{b * 1000:.0f}->{d * 1000:.0f} ms" for b, d in p99s)
     lost = sum(d.lost for d in watched)
     dup = sum(d.duplicated for d in watched)
-    base: dict[str, Any] = {"events": len(expected), "clients": len(watchers), "lost": lost,
-                            "duplicated": dup}
+    base: dict[str, Any] = {
+        "events": len(expected),
+        "clients": len(watchers),
+        "lost": lost,
+        "duplicated": dup,
+    }
 
     with reported("hostile", "binary frames", **base) as row:
         errs = [r.frames["ERROR:binary_frame"] for r in results["binary"]]
@@ -215,8 +246,10 @@ async def test_hostile_clients_do_not_hurt_the_node_or_its_other_clients(nodes: 
         assert set(closes) == {(1008, "flood")}, closes
 
     with reported("hostile", "thousands of subscriptions", **base) as row:
-        counts = [(r.frames["SUBSCRIBED"], r.frames["ERROR:too_many_subscriptions"])
-                  for r in results["subs"]]
+        counts = [
+            (r.frames["SUBSCRIBED"], r.frames["ERROR:too_many_subscriptions"])
+            for r in results["subs"]
+        ]
         row.update(tried="3 connections x 2000 SUBSCRIBEs", notes=f"(SUBSCRIBED, ERROR) {counts}")
         assert counts == [(100, 1900)] * 3, counts
         assert all(r.close_code in (None, 1000) for r in results["subs"])
@@ -239,7 +272,8 @@ async def test_hostile_clients_do_not_hurt_the_node_or_its_other_clients(nodes: 
         row.update(tried="2 connections x 1500 random frames", notes=f"answers {dict(kinds)}")
         assert not kinds["ERROR:internal_error"], kinds
         assert all(r.close_code in (None, 1000, 1009) for r in results["fuzz"]), [
-            (r.close_code, r.close_reason) for r in results["fuzz"]]
+            (r.close_code, r.close_reason) for r in results["fuzz"]
+        ]
         assert all(a > 0 for a in answered)
 
     with reported("hostile", "all attacks at once: probe p99 and bystanders", **base) as row:

@@ -44,10 +44,18 @@ def browser() -> Iterator[Chromium]:
 
 
 def _post(stack: DevStack, coll: str, title: str) -> str:
-    body = json.dumps({"database": "postgres", "collection": coll, "action": "create",
-                       "id": title, "record": {"id": title, "title": title}}).encode()
+    body = json.dumps(
+        {
+            "database": "postgres",
+            "collection": coll,
+            "action": "create",
+            "id": title,
+            "record": {"id": title, "title": title},
+        }
+    ).encode()
     req = urllib.request.Request(
-        f"http://127.0.0.1:{stack.ingest_port}/webhook", data=body,
+        f"http://127.0.0.1:{stack.ingest_port}/webhook",
+        data=body,
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.token}"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -55,10 +63,12 @@ def _post(stack: DevStack, coll: str, title: str) -> str:
 
 
 def _titles(b: Chromium) -> list[str]:
-    return list(b.eval(
-        "[...document.querySelectorAll('#events li')].map(li => JSON.parse("
-        "li.textContent.split('  ').slice(2).join('  ')).record?.title ?? null)"
-    ))
+    return list(
+        b.eval(
+            "[...document.querySelectorAll('#events li')].map(li => JSON.parse("
+            "li.textContent.split('  ').slice(2).join('  ')).record?.title ?? null)"
+        )
+    )
 
 
 def test_console_shows_posts_and_resumes(stack: DevStack, browser: Chromium) -> None:
@@ -116,7 +126,8 @@ def test_console_replays_history_from_lastid_zero_on_the_second_node(
 
 def test_console_relay_refuses_what_ingest_refuses(stack: DevStack) -> None:
     req = urllib.request.Request(
-        f"{stack.console_url}/api/webhook", data=b'{"collection": "bad name!", "action": "x"}',
+        f"{stack.console_url}/api/webhook",
+        data=b'{"collection": "bad name!", "action": "x"}',
         headers={"Content-Type": "application/json"},
     )
     try:

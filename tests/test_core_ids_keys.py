@@ -21,7 +21,9 @@ def test_event_id_rejects_foreign_ids(bad: str) -> None:
         EventId.parse(bad)
 
 
-@given(st.integers(0, 10**14), st.integers(0, 10**18), st.from_regex(r"[a-z0-9]{1,32}", fullmatch=True))
+@given(
+    st.integers(0, 10**14), st.integers(0, 10**18), st.from_regex(r"[a-z0-9]{1,32}", fullmatch=True)
+)
 def test_event_id_parse_format_inverse(ms: int, seq: int, epoch: str) -> None:
     eid = EventId(ms, seq, epoch)
     assert EventId.parse(str(eid)) == eid

@@ -14,8 +14,12 @@ from common.messages import MessageError, Webhook, decode_webhook
 
 def hook(**fields: object) -> bytes:
     base: dict[str, object] = {
-        "database": "postgres", "collection": "posts", "id": "rec_1", "action": "create",
-        "timestamp": "2026-11-27T10:00:00.000Z", "record": {"id": "rec_1", "title": "Hello"},
+        "database": "postgres",
+        "collection": "posts",
+        "id": "rec_1",
+        "action": "create",
+        "timestamp": "2026-11-27T10:00:00.000Z",
+        "record": {"id": "rec_1", "title": "Hello"},
     }
     base.update(fields)
     kept = {k: v for k, v in base.items() if v is not ...}
@@ -33,17 +37,32 @@ def refused(body: bytes) -> MessageError:
 
 def test_decodes_the_protocol_example() -> None:
     w = decode_webhook(hook())
-    assert w == Webhook("postgres", "posts", "create", "rec_1", "2026-11-27T10:00:00.000Z",
-                        b'{"id":"rec_1","title":"Hello"}')
-    assert json.loads(w.data_json()) == {"action": "create",
-                                         "record": {"id": "rec_1", "title": "Hello"}}
+    assert w == Webhook(
+        "postgres",
+        "posts",
+        "create",
+        "rec_1",
+        "2026-11-27T10:00:00.000Z",
+        b'{"id":"rec_1","title":"Hello"}',
+    )
+    assert json.loads(w.data_json()) == {
+        "action": "create",
+        "record": {"id": "rec_1", "title": "Hello"},
+    }
 
 
 @pytest.mark.parametrize(
     ("sent", "normalised"),
-    [("create", "create"), ("update", "update"), ("delete", "delete"),
-     ("INSERT", "create"), ("UPDATE", "update"), ("DELETE", "delete"),
-     ("Insert", "create"), ("CREATE", "create")],
+    [
+        ("create", "create"),
+        ("update", "update"),
+        ("delete", "delete"),
+        ("INSERT", "create"),
+        ("UPDATE", "update"),
+        ("DELETE", "delete"),
+        ("Insert", "create"),
+        ("CREATE", "create"),
+    ],
 )
 def test_action_is_normalised(sent: str, normalised: str) -> None:
     record = None if normalised == "delete" else {"id": "r"}
@@ -76,8 +95,9 @@ def test_unknown_fields_are_ignored() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -92,9 +112,7 @@ def test_data_json_is_exactly_action_and_record(record: dict[str, object]) -> No
 # ---------------------------------------------------------------- webhook: refused
 
 
-@pytest.mark.parametrize(
-    "body", [b"", b"{", b"not json", b'{"collection": "posts",}', b"\xff\xfe"]
-)
+@pytest.mark.parametrize("body", [b"", b"{", b"not json", b'{"collection": "posts",}', b"\xff\xfe"])
 def test_bad_json_is_400(body: bytes) -> None:
     err = refused(body)
     assert (err.status, err.code) == (400, "invalid_json")
@@ -110,9 +128,15 @@ def test_deep_nesting_is_400_not_a_crash() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b"[]", b"null", b"42",
-        hook(collection=...), hook(action=...),
-        hook(action=5), hook(collection=["posts"]), hook(id=True), hook(id=[1]),
+        b"[]",
+        b"null",
+        b"42",
+        hook(collection=...),
+        hook(action=...),
+        hook(action=5),
+        hook(collection=["posts"]),
+        hook(id=True),
+        hook(id=[1]),
         hook(database=None),
     ],
 )
@@ -130,10 +154,19 @@ def test_unknown_action_is_422() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("collection", "{posts}"), ("collection", "a:b"), ("collection", ""),
-     ("collection", "x" * 65), ("collection", "a/b"), ("collection", "a b"),
-     ("database", "{db"), ("database", "db}"), ("database", ""), ("database", ".hidden"),
-     ("database", "d" * 65)],
+    [
+        ("collection", "{posts}"),
+        ("collection", "a:b"),
+        ("collection", ""),
+        ("collection", "x" * 65),
+        ("collection", "a/b"),
+        ("collection", "a b"),
+        ("database", "{db"),
+        ("database", "db}"),
+        ("database", ""),
+        ("database", ".hidden"),
+        ("database", "d" * 65),
+    ],
 )
 def test_invalid_names_are_422(field: str, value: str) -> None:
     err = refused(hook(**{field: value}))
@@ -210,8 +243,16 @@ def test_bad_values_name_the_variable(name: str, value: str, needle: str) -> Non
 
 
 def test_values_are_parsed() -> None:
-    s = load_common({**BASE, "REDIS_CLUSTER": "yes", "RETENTION_SECONDS": "1.5",
-                     "RETENTION_MAX_EVENTS": "50", "LOG_LEVEL": "WARNING", "VSKI_DEV": "1"})
+    s = load_common(
+        {
+            **BASE,
+            "REDIS_CLUSTER": "yes",
+            "RETENTION_SECONDS": "1.5",
+            "RETENTION_MAX_EVENTS": "50",
+            "LOG_LEVEL": "WARNING",
+            "VSKI_DEV": "1",
+        }
+    )
     assert s.redis.cluster is True and s.retention.max_age_ms == 1500
     assert s.retention.max_len == 50 and s.log_level == "warning"
     assert s.dev_mode is True and s.log_format == "console"

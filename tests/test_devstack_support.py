@@ -76,8 +76,14 @@ class DevStack:
     def command(self) -> list[str]:
         if self.via_dev_py:
             # dev.py reuses this virtualenv (VSKI_VENV) and execs `vski-realtime dev`
-            return [sys.executable, str(ROOT / "dev.py"), "up", "--state-dir", str(self.state),
-                    *self.args]
+            return [
+                sys.executable,
+                str(ROOT / "dev.py"),
+                "up",
+                "--state-dir",
+                str(self.state),
+                *self.args,
+            ]
         return [str(BIN / "vski-realtime"), "--state-dir", str(self.state), "dev", *self.args]
 
     def start(self, timeout: float = 90) -> DevStack:
@@ -85,17 +91,29 @@ class DevStack:
         self.ingest_port = free_port()
         self.console_port = free_port()
         self.args = [
-            "--ingest-port", str(self.ingest_port), "--fanout-port", str(self.fanout_port),
-            "--console-port", str(self.console_port), *self.args,
+            "--ingest-port",
+            str(self.ingest_port),
+            "--fanout-port",
+            str(self.fanout_port),
+            "--console-port",
+            str(self.console_port),
+            *self.args,
         ]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("REDIS_URL", "JWT_SECRET", "PROMETHEUS_MULTIPROC_DIR")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("REDIS_URL", "JWT_SECRET", "PROMETHEUS_MULTIPROC_DIR")
+        }
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         if self.via_dev_py:
             env["VSKI_VENV"] = sys.prefix
         self.proc = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            self.command(),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -180,16 +198,25 @@ class Chromium:
     """Headless Chromium with the flags this machine needs, driven over CDP."""
 
     FLAGS = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1200,900",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--remote-debugging-port=0",
+        "--window-size=1200,900",
     ]
 
     def __init__(self, binary: str) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="vski-chromium-"))
         self.proc = subprocess.Popen(
             [binary, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=(self.profile / "stderr.log").open("wb"),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.profile / "stderr.log").open("wb"),
             start_new_session=True,
         )
         self._id = 0
@@ -217,8 +244,9 @@ class Chromium:
                     continue
                 pages = [t for t in targets if t.get("type") == "page"]
                 if pages:
-                    self._cm = connect(pages[0]["webSocketDebuggerUrl"], max_size=None,
-                                       open_timeout=20)
+                    self._cm = connect(
+                        pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20
+                    )
                     return self._cm.__enter__()
             time.sleep(0.2)
         raise TimeoutError("chromium's DevTools did not come up")
@@ -237,8 +265,9 @@ class Chromium:
                 return result
 
     def eval(self, expression: str) -> Any:
-        res = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
-                        awaitPromise=True)
+        res = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in res:
             raise RuntimeError(f"JS error in {expression!r}: {res['exceptionDetails']}")
         return res.get("result", {}).get("value")

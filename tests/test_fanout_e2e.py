@@ -68,7 +68,10 @@ class Poster:
 
     def post(self, db: str, coll: str, n: int, pad: int = 0, retry_for: float = 0) -> str:
         body: dict[str, Any] = {
-            "database": db, "collection": coll, "id": f"r{n}", "action": "create",
+            "database": db,
+            "collection": coll,
+            "id": f"r{n}",
+            "action": "create",
             "record": {"id": f"r{n}", "n": n, "sent": time.time()},
         }
         if pad:
@@ -87,7 +90,9 @@ class Poster:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request(
-                "POST", "/webhook", data,
+                "POST",
+                "/webhook",
+                data,
                 {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
             )
             resp = conn.getresponse()
@@ -105,7 +110,12 @@ class BackgroundPoster(threading.Thread):
     """Keeps posting at a modest pace; ``ids`` are the events answered 200, in order."""
 
     def __init__(
-        self, poster: Poster, db: str, coll: str, count: int, pace: float = 0.005,
+        self,
+        poster: Poster,
+        db: str,
+        coll: str,
+        count: int,
+        pace: float = 0.005,
         retry_for: float = 0,
     ) -> None:
         super().__init__(daemon=True)
@@ -366,7 +376,8 @@ async def test_slow_consumer_is_closed_others_unaffected_memory_bounded(stack: S
     metrics = await asyncio.to_thread(fetch, node, "/metrics")
     assert "vski_fanout_slow_client_closes_total" in metrics
     closes = [
-        float(line.split()[-1]) for line in metrics.splitlines()
+        float(line.split()[-1])
+        for line in metrics.splitlines()
         if line.startswith("vski_fanout_slow_client_closes_total")
     ]
     assert closes and closes[0] >= 1
@@ -419,9 +430,7 @@ async def test_redis_restart_during_stream_loses_no_answered_event(
         client = ResumingClient(s.nodes[0], "shop", "restart")
         runner = asyncio.create_task(client.run())
         await settle(lambda: len(client.subscribed) >= 1)
-        poster = BackgroundPoster(
-            Poster(s.ingest), "shop", "restart", 200, pace=0.01, retry_for=30
-        )
+        poster = BackgroundPoster(Poster(s.ingest), "shop", "restart", 200, pace=0.01, retry_for=30)
         poster.start()
         await settle(lambda: len(poster.ids) >= 60)
         old_ids = list(poster.ids)

@@ -53,9 +53,9 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict
 
 
 @asynccontextmanager
-async def ws(node: Proc, token: str | None = None, db: str = "postgres") -> AsyncIterator[
-    ClientConnection
-]:
+async def ws(
+    node: Proc, token: str | None = None, db: str = "postgres"
+) -> AsyncIterator[ClientConnection]:
     token = make_token() if token is None else token
     async with connect(
         f"{node.ws_url}/api/realtime?db={db}&auth={token}", open_timeout=10, compression=None
@@ -156,7 +156,9 @@ async def test_malformed_frames_answer_error_and_connection_stays_up(node: Proc)
         await conn.send(json.dumps({"type": "SUBSCRIBE", "collection": "still_up"}))
         msg = await recv_json(conn)
         assert msg == {
-            "type": "SUBSCRIBED", "collection": "still_up", "last_id": msg["last_id"],
+            "type": "SUBSCRIBED",
+            "collection": "still_up",
+            "last_id": msg["last_id"],
             "recovered": True,
         }
 

@@ -38,28 +38,41 @@ EXAMPLES = 1000
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 valid_names = st.from_regex(NAME, fullmatch=True)
 # mostly valid names (so the decoders' success paths are exercised too), some hostile ones
-names = st.one_of(valid_names, valid_names, valid_names, st.text(max_size=80), st.integers(),
-                  st.none())
+names = st.one_of(
+    valid_names, valid_names, valid_names, st.text(max_size=80), st.integers(), st.none()
+)
 ids = st.one_of(
-    st.builds(lambda ms, seq, ep: f"{ms}-{seq}@{ep}", st.integers(0, 10**16),
-              st.integers(0, 10**20), st.from_regex(r"[a-f0-9]{1,40}", fullmatch=True)),
-    st.sampled_from(["0", "$", "", "-", "1-1@"]), st.text(max_size=40), st.integers(),
+    st.builds(
+        lambda ms, seq, ep: f"{ms}-{seq}@{ep}",
+        st.integers(0, 10**16),
+        st.integers(0, 10**20),
+        st.from_regex(r"[a-f0-9]{1,40}", fullmatch=True),
+    ),
+    st.sampled_from(["0", "$", "", "-", "1-1@"]),
+    st.text(max_size=40),
+    st.integers(),
 )
 client_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["SUBSCRIBE", "UNSUBSCRIBE", "ACK", "subscribe", "X"]) | json_values,
-     "collection": names},
+    {
+        "type": st.sampled_from(["SUBSCRIBE", "UNSUBSCRIBE", "ACK", "subscribe", "X"])
+        | json_values,
+        "collection": names,
+    },
     optional={"lastId": ids | json_values, "group": names, "id": ids, "extra": json_values},
 )
 records = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 webhook_like = st.fixed_dictionaries(
-    {"collection": names,
-     "action": st.sampled_from(["create", "UPDATE", "Delete", "insert", "drop", ""]) | names},
+    {
+        "collection": names,
+        "action": st.sampled_from(["create", "UPDATE", "Delete", "insert", "drop", ""]) | names,
+    },
     optional={
         "database": names,
         "id": st.one_of(st.text(max_size=300), st.integers(), json_values),
@@ -97,15 +110,21 @@ def tally() -> Iterator[dict[str, Tally]]:
     with reported("hostile", "fuzzed decoders (hypothesis)") as row:
         row.update(
             tried=", ".join(f"{t.total} {k}" for k, t in counts.items()),
-            events=0, clients=0, lost=0, duplicated=0,
+            events=0,
+            clients=0,
+            lost=0,
+            duplicated=0,
             notes="; ".join(f"{k}: {t.ok} valid, {t.refused} refused" for k, t in counts.items())
             + "; no other exception",
         )
         assert all(t.total > 100 for t in counts.values())
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @FUZZ
@@ -156,11 +175,18 @@ def test_event_id_parser(text: Any, tally: dict[str, Tally]) -> None:
 
 
 @FUZZ
-@given(payload=st.one_of(
-    st.binary(max_size=200),
-    st.builds(lambda ep, ms, seq, data: f"{ep} {ms}-{seq} ".encode() + data,
-              st.text(max_size=10), st.integers(), st.integers(), st.binary(max_size=50)),
-))
+@given(
+    payload=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda ep, ms, seq, data: f"{ep} {ms}-{seq} ".encode() + data,
+            st.text(max_size=10),
+            st.integers(),
+            st.integers(),
+            st.binary(max_size=50),
+        ),
+    )
+)
 def test_notification_parser(payload: bytes, tally: dict[str, Tally]) -> None:
     try:
         note = parse_notification(payload)

@@ -24,12 +24,20 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("INGEST_WORKERS", "abc"), ("INGEST_WORKERS", "0"), ("INGEST_WORKERS", "-2"),
-        ("INGEST_BIND", "8000"), ("INGEST_BIND", "host:port"), ("INGEST_BIND", "h:70000"),
-        ("INGEST_WORKER_CLASS", "gevent"), ("INGEST_THREADS", "0"),
-        ("INGEST_MAX_BODY_BYTES", "10"), ("INGEST_REQUIRE_AUTH", "perhaps"),
-        ("INGEST_TIMEOUT", "0"), ("INGEST_RATE_LIMIT", "fast"),
-        ("INGEST_WAIT_TIMEOUT_MS", "0"), ("DEDUPE_TTL_SECONDS", "0"),
+        ("INGEST_WORKERS", "abc"),
+        ("INGEST_WORKERS", "0"),
+        ("INGEST_WORKERS", "-2"),
+        ("INGEST_BIND", "8000"),
+        ("INGEST_BIND", "host:port"),
+        ("INGEST_BIND", "h:70000"),
+        ("INGEST_WORKER_CLASS", "gevent"),
+        ("INGEST_THREADS", "0"),
+        ("INGEST_MAX_BODY_BYTES", "10"),
+        ("INGEST_REQUIRE_AUTH", "perhaps"),
+        ("INGEST_TIMEOUT", "0"),
+        ("INGEST_RATE_LIMIT", "fast"),
+        ("INGEST_WAIT_TIMEOUT_MS", "0"),
+        ("DEDUPE_TTL_SECONDS", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -48,9 +56,16 @@ def test_auth_can_be_relaxed_without_secret() -> None:
 
 
 def test_values_are_parsed() -> None:
-    s = load_ingest({**BASE, "INGEST_WORKER_CLASS": "gthread", "INGEST_BIND": "127.0.0.1:9000",
-                     "INGEST_RATE_LIMIT": "5", "RETENTION_SECONDS": "60",
-                     "INGEST_WAIT_REPLICAS": "1"})
+    s = load_ingest(
+        {
+            **BASE,
+            "INGEST_WORKER_CLASS": "gthread",
+            "INGEST_BIND": "127.0.0.1:9000",
+            "INGEST_RATE_LIMIT": "5",
+            "RETENTION_SECONDS": "60",
+            "INGEST_WAIT_REPLICAS": "1",
+        }
+    )
     assert s.worker_class == "gthread" and s.threads == 4 and s.bind == "127.0.0.1:9000"
     assert s.rate_limit == 5 and s.rate_burst == 10
     assert s.dedupe_ttl_ms == 60_000 and s.wait_replicas == 1

@@ -77,15 +77,24 @@ def test_stored_before_200(port: int, rds: redis.Redis) -> None:
     m = ID_RE.match(body["id"])
     assert m, body
     entries = stream(rds, "ok1")
-    assert entries == [(f"{m.group(1)}-{m.group(2)}",
-                        {"action": "create", "record": {"id": "r1", "title": "Hello"}})]
+    assert entries == [
+        (
+            f"{m.group(1)}-{m.group(2)}",
+            {"action": "create", "record": {"id": "r1", "title": "Hello"}},
+        )
+    ]
     assert rds.hget("vski:{postgres/ok1}:m", "e") == m.group(3).encode()
 
 
 @pytest.mark.parametrize(
     ("sent", "expected", "record"),
-    [("INSERT", "create", {"id": "r"}), ("UPDATE", "update", {"id": "r"}),
-     ("DELETE", "delete", None), ("delete", "delete", "absent"), ("update", "update", {"a": 1})],
+    [
+        ("INSERT", "create", {"id": "r"}),
+        ("UPDATE", "update", {"id": "r"}),
+        ("DELETE", "delete", None),
+        ("delete", "delete", "absent"),
+        ("update", "update", {"a": 1}),
+    ],
 )
 def test_actions_normalised(
     port: int, rds: redis.Redis, sent: str, expected: str, record: object
@@ -98,16 +107,20 @@ def test_actions_normalised(
 
 
 def test_charset_in_content_type_is_accepted(port: int) -> None:
-    reply = post_webhook(port, webhook_body(collection="cs"),
-                         content_type="application/json; charset=utf-8")
+    reply = post_webhook(
+        port, webhook_body(collection="cs"), content_type="application/json; charset=utf-8"
+    )
     assert reply.status == 200
 
 
 def test_chunked_body_is_read(port: int, rds: redis.Redis) -> None:
     body = webhook_body(collection="chunked", record_id="c1")
-    head = (b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + make_token().encode() +
-            b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer "
+        + make_token().encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     half = len(body) // 2
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:]))
     raw = post_raw(port, head + chunks + b"0\r\n\r\n")
@@ -125,8 +138,9 @@ def test_ids_dense_and_epoch_stable(port: int, rds: redis.Redis) -> None:
     assert len({m.group(3) for m in ids if m}) == 1
     ms = [int(m.group(1)) for m in ids if m]
     assert ms == sorted(ms)
-    assert [sid for sid, _ in stream(rds, "dense")] == [f"{m.group(1)}-{m.group(2)}" for m in ids
-                                                      if m]
+    assert [sid for sid, _ in stream(rds, "dense")] == [
+        f"{m.group(1)}-{m.group(2)}" for m in ids if m
+    ]
 
 
 # ---------------------------------------------------------------- dedupe
@@ -162,8 +176,9 @@ def test_different_timestamps_are_different_events(port: int, rds: redis.Redis) 
     a = post_webhook(port, webhook_body(collection="ts", timestamp="2026-11-27T10:00:00.000Z"))
     b = post_webhook(port, webhook_body(collection="ts", timestamp="2026-11-27T10:00:00.001Z"))
     c = post_webhook(port, webhook_body(collection="ts", timestamp="2026-11-27T10:00:00.000Z"))
-    d = post_webhook(port, webhook_body(collection="ts", timestamp="2026-11-27T10:00:00.000Z",
-                                        action="update"))
+    d = post_webhook(
+        port, webhook_body(collection="ts", timestamp="2026-11-27T10:00:00.000Z", action="update")
+    )
     assert a.json()["id"] != b.json()["id"] != d.json()["id"]
     assert c.json()["id"] == a.json()["id"]
     assert len(stream(rds, "ts")) == 3
@@ -205,8 +220,12 @@ def test_bad_tokens_are_401(port: int, rds: redis.Redis, case: str) -> None:
 
 
 def test_other_auth_schemes_are_401(port: int) -> None:
-    reply = post_webhook(port, webhook_body(collection="basic"), token=None,
-                         headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    reply = post_webhook(
+        port,
+        webhook_body(collection="basic"),
+        token=None,
+        headers={"Authorization": "Basic dXNlcjpwYXNz"},
+    )
     assert_error(reply, 401, "missing_token")
 
 
@@ -227,8 +246,12 @@ def test_bad_json_is_400(port: int, body: bytes) -> None:
 
 def test_deep_nesting_is_400(port: int, rds: redis.Redis) -> None:
     depth = 30_000
-    body = (b'{"collection":"deep","action":"create","record":{"a":' + b"[" * depth
-            + b"]" * depth + b"}}")
+    body = (
+        b'{"collection":"deep","action":"create","record":{"a":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
     assert len(body) < MAX_BODY
     assert_error(post_webhook(port, body), 400, "invalid_json")
     assert stream(rds, "deep") == []
@@ -244,19 +267,25 @@ def test_too_large_by_content_length_is_413(port: int, rds: redis.Redis) -> None
 
 def test_too_large_chunked_is_413(port: int, rds: redis.Redis) -> None:
     body = webhook_body(collection="bigchunk", record={"blob": "x" * MAX_BODY})
-    head = (b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + make_token().encode() +
-            b"\r\nTransfer-Encoding: chunked\r\n\r\n")
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096])
-                      for i in range(0, len(body), 4096))
+    head = (
+        b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer "
+        + make_token().encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 4096]), body[i : i + 4096])
+        for i in range(0, len(body), 4096)
+    )
     raw = post_raw(port, head + chunks + b"0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 413"), raw[:200]
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "payload_too_large"
     assert stream(rds, "bigchunk") == []
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
-                                   "application/jsonx", ""])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", ""]
+)
 def test_wrong_content_type_is_415(port: int, rds: redis.Redis, ctype: str) -> None:
     reply = post_webhook(port, webhook_body(collection="ctype"), content_type=ctype)
     err = assert_error(reply, 415, "unsupported_media_type")
@@ -296,11 +325,18 @@ def test_unknown_path_and_method(port: int) -> None:
 @pytest.mark.parametrize(
     ("raw", "status", "code"),
     [
-        (b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n"
-         b"Content-Type: application/json\r\n\r\n{}", 400, "bad_request"),
+        (
+            b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n"
+            b"Content-Type: application/json\r\n\r\n{}",
+            400,
+            "bad_request",
+        ),
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-        (b"POST /webhook HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431,
-         "request_header_fields_too_large"),
+        (
+            b"POST /webhook HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+            431,
+            "request_header_fields_too_large",
+        ),
     ],
 )
 def test_malformed_http_is_json_too(port: int, raw: bytes, status: int, code: str) -> None:

@@ -46,8 +46,9 @@ def test_redis_killed_503_fast_then_recovers(redis_srv: RedisServer) -> None:
         redis_srv.stop(kill=True)
         token = make_token()
         for i in range(6):  # enough to reach both workers
-            reply = post_webhook(proc.port, webhook_body(collection="kill", record_id=f"d{i}"),
-                                 token=token)
+            reply = post_webhook(
+                proc.port, webhook_body(collection="kill", record_id=f"d{i}"), token=token
+            )
             assert_503(reply, "redis_unavailable")
             assert reply.elapsed < BOUND
         ready = request(proc.port, "GET", "/ready")
@@ -56,8 +57,13 @@ def test_redis_killed_503_fast_then_recovers(redis_srv: RedisServer) -> None:
 
         redis_srv.start()  # same port, empty (no persistence)
         assert wait_until(
-            lambda: post_webhook(proc.port, webhook_body(collection="kill", record_id="probe"))
-            .status == 200, timeout=15, interval=0.2)
+            lambda: (
+                post_webhook(proc.port, webhook_body(collection="kill", record_id="probe")).status
+                == 200
+            ),
+            timeout=15,
+            interval=0.2,
+        )
         ids = set()
         for i in range(6):
             reply = post_webhook(proc.port, webhook_body(collection="kill", record_id=f"a{i}"))
@@ -100,8 +106,11 @@ def test_sigterm_answers_the_request_in_flight(redis_srv: RedisServer) -> None:
     assert post_webhook(proc.port, webhook_body(collection="warm")).status == 200
     freeze(redis_srv, True)
     try:
-        sender = threading.Thread(target=lambda: result.update(
-            reply=post_webhook(proc.port, webhook_body(collection="term"), timeout=30)))
+        sender = threading.Thread(
+            target=lambda: result.update(
+                reply=post_webhook(proc.port, webhook_body(collection="term"), timeout=30)
+            )
+        )
         sender.start()
         time.sleep(0.7)  # the request is inside the worker, waiting for Redis
         proc.signal(signal.SIGTERM)
@@ -128,11 +137,14 @@ def test_auth_can_be_disabled_with_a_warning(redis_srv: RedisServer) -> None:
 
 
 def test_rate_limit_429(redis_srv: RedisServer) -> None:
-    proc = ingest_proc(redis_srv.url, workers=1, INGEST_RATE_LIMIT="0.5",
-                       INGEST_RATE_BURST="3").start()
+    proc = ingest_proc(
+        redis_srv.url, workers=1, INGEST_RATE_LIMIT="0.5", INGEST_RATE_BURST="3"
+    ).start()
     try:
-        replies = [post_webhook(proc.port, webhook_body(collection="rl", record_id=f"r{i}"))
-                   for i in range(8)]
+        replies = [
+            post_webhook(proc.port, webhook_body(collection="rl", record_id=f"r{i}"))
+            for i in range(8)
+        ]
         statuses = [r.status for r in replies]
         assert statuses[:3] == [200, 200, 200]
         limited = [r for r in replies if r.status == 429]
@@ -147,12 +159,15 @@ def test_rate_limit_429(redis_srv: RedisServer) -> None:
 
 def test_retention_from_environment() -> None:
     with redis_server("--stream-node-max-entries", "10") as server:
-        proc = ingest_proc(server.url, workers=2, RETENTION_MAX_EVENTS="20",
-                           RETENTION_SECONDS="5").start()
+        proc = ingest_proc(
+            server.url, workers=2, RETENTION_MAX_EVENTS="20", RETENTION_SECONDS="5"
+        ).start()
         try:
             for i in range(120):
-                assert post_webhook(proc.port, webhook_body(collection="ret", record_id=f"{i}"))\
-                    .status == 200
+                assert (
+                    post_webhook(proc.port, webhook_body(collection="ret", record_id=f"{i}")).status
+                    == 200
+                )
             assert 20 <= xlen(server, "ret") <= 30
             pttl = server.client().pttl("vski:{postgres/ret}:s")
             assert 0 < pttl <= 5000
@@ -162,11 +177,13 @@ def test_retention_from_environment() -> None:
 
 def test_wait_replicas() -> None:
     with primary_with_replica() as (primary, replica):
-        proc = ingest_proc(primary.url, workers=1, INGEST_WAIT_REPLICAS="1",
-                           INGEST_WAIT_TIMEOUT_MS="300").start()
+        proc = ingest_proc(
+            primary.url, workers=1, INGEST_WAIT_REPLICAS="1", INGEST_WAIT_TIMEOUT_MS="300"
+        ).start()
         try:
-            assert post_webhook(proc.port, webhook_body(collection="w", record_id="1")).status \
-                == 200
+            assert (
+                post_webhook(proc.port, webhook_body(collection="w", record_id="1")).status == 200
+            )
             assert int(replica.client().xlen("vski:{postgres/w}:s")) == 1
             body = webhook_body(collection="w", record_id="2")
             freeze(replica, True)
@@ -196,13 +213,19 @@ def test_redis_flapping_soak(redis_srv: RedisServer) -> None:
         for round_ in range(5):
             redis_srv.stop(kill=True)
             for i in range(10):
-                reply = post_webhook(proc.port, webhook_body(collection="flap",
-                                                             record_id=f"{round_}-{i}"))
+                reply = post_webhook(
+                    proc.port, webhook_body(collection="flap", record_id=f"{round_}-{i}")
+                )
                 assert reply.status == 503 and reply.elapsed < BOUND
             redis_srv.start()
-            assert wait_until(lambda: post_webhook(
-                proc.port, webhook_body(collection="flap", record_id="p")).status == 200,
-                timeout=15, interval=0.2)
+            assert wait_until(
+                lambda: (
+                    post_webhook(proc.port, webhook_body(collection="flap", record_id="p")).status
+                    == 200
+                ),
+                timeout=15,
+                interval=0.2,
+            )
     finally:
         proc.stop()
 
@@ -211,16 +234,21 @@ def test_gthread_workers(redis_srv: RedisServer) -> None:
     """INGEST_WORKER_CLASS=gthread: keep-alive connections, the same contract, same recovery."""
     import http.client
 
-    proc = ingest_proc(redis_srv.url, workers=2, INGEST_WORKER_CLASS="gthread",
-                       INGEST_THREADS="4", REDIS_TIMEOUT="1").start()
+    proc = ingest_proc(
+        redis_srv.url,
+        workers=2,
+        INGEST_WORKER_CLASS="gthread",
+        INGEST_THREADS="4",
+        REDIS_TIMEOUT="1",
+    ).start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
-        headers = {"Content-Type": "application/json",
-                   "Authorization": f"Bearer {make_token()}"}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {make_token()}"}
         ids = []
         for i in range(5):  # one kept-alive connection, several webhooks
-            conn.request("POST", "/webhook", webhook_body(collection="gt", record_id=f"{i}"),
-                         headers)
+            conn.request(
+                "POST", "/webhook", webhook_body(collection="gt", record_id=f"{i}"), headers
+            )
             resp = conn.getresponse()
             assert resp.status == 200 and resp.getheader("connection") != "close"
             ids.append(json.loads(resp.read())["id"])
@@ -249,15 +277,22 @@ def test_gthread_workers(redis_srv: RedisServer) -> None:
         assert_503(reply, "redis_unavailable")
         assert reply.elapsed < BOUND
         redis_srv.start()
-        assert wait_until(lambda: post_webhook(
-            proc.port, webhook_body(collection="gt", record_id="up")).status == 200,
-            timeout=15, interval=0.2)
+        assert wait_until(
+            lambda: (
+                post_webhook(proc.port, webhook_body(collection="gt", record_id="up")).status == 200
+            ),
+            timeout=15,
+            interval=0.2,
+        )
 
         freeze(redis_srv, True)
         result: dict[str, Any] = {}
         try:
-            sender = threading.Thread(target=lambda: result.update(
-                reply=post_webhook(proc.port, webhook_body(collection="gt2"), timeout=30)))
+            sender = threading.Thread(
+                target=lambda: result.update(
+                    reply=post_webhook(proc.port, webhook_body(collection="gt2"), timeout=30)
+                )
+            )
             sender.start()
             time.sleep(0.5)
             proc.signal(signal.SIGTERM)
@@ -276,9 +311,12 @@ def _stalled_sender(port: int, body: bool) -> Any:
 
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     if body:  # headers complete, body promised but never sent in full
-        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer " + make_token().encode() +
-                     b"\r\nContent-Length: 500\r\n\r\n{\"database")
+        sock.sendall(
+            b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer "
+            + make_token().encode()
+            + b'\r\nContent-Length: 500\r\n\r\n{"database'
+        )
     else:  # headers never finished
         sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: t\r\n")
     return sock
@@ -287,8 +325,13 @@ def _stalled_sender(port: int, body: bool) -> Any:
 def test_gthread_stalled_senders_cannot_hold_threads(redis_srv: RedisServer) -> None:
     """gunicorn's gthread threads would block forever on a stalled sender; ours time out after
     INGEST_TIMEOUT, and a body that never completes gets a JSON 408."""
-    proc = ingest_proc(redis_srv.url, workers=1, INGEST_WORKER_CLASS="gthread",
-                       INGEST_THREADS="2", INGEST_TIMEOUT="2").start()
+    proc = ingest_proc(
+        redis_srv.url,
+        workers=1,
+        INGEST_WORKER_CLASS="gthread",
+        INGEST_THREADS="2",
+        INGEST_TIMEOUT="2",
+    ).start()
     try:
         socks = [_stalled_sender(proc.port, body=i % 2 == 0) for i in range(3)]
         time.sleep(0.3)

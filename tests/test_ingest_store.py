@@ -143,8 +143,9 @@ def test_notification_is_published_with_the_event(redis_srv: RedisServer) -> Non
 
 def test_wait_for_replica() -> None:
     with primary_with_replica() as (primary, replica):
-        store = EventStore(client(primary), RetentionSettings(), wait_replicas=1,
-                           wait_timeout_ms=2000)
+        store = EventStore(
+            client(primary), RetentionSettings(), wait_replicas=1, wait_timeout_ms=2000
+        )
         first = store.append(hook(rid="w1", ts="1"))  # first call: NOSCRIPT in the pipeline
         assert not first.duplicate
         # WAIT returned only after the replica had it

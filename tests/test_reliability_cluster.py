@@ -82,7 +82,10 @@ async def test_reconnect_storm_on_cluster_loses_nothing(cstack: Stack) -> None:
         final_ok = sum(1 for c in clients if c.subscribed[-1]["recovered"] is True)
         row.update(
             tried="node killed under 300 clients on a 3-master cluster; all resume at once",
-            events=len(expected), clients=len(clients), lost=lost, duplicated=dup,
+            events=len(expected),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"{retried} clients told to retry (1013) first; {final_ok}/300 resumed with "
             "recovered=true",
         )

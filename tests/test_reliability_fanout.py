@@ -80,9 +80,7 @@ async def settle_delivery(
     clients: list[ResumingClient], expected: dict[str, list[str]], timeout: float = 45
 ) -> None:
     def done() -> bool:
-        return all(
-            len(c.ids[coll]) >= len(ids) for c in clients for coll, ids in expected.items()
-        )
+        return all(len(c.ids[coll]) >= len(ids) for c in clients for coll, ids in expected.items())
 
     await wait_for(done, timeout)
     await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
@@ -118,8 +116,10 @@ async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(stack: Stack)
         not_recovered = [s for c in clients for s in c.subscribed if not s["recovered"]]
         row.update(
             tried=f"{kills} kills (SIGKILL), 40 clients x 2 collections, {resumes} resumes",
-            events=sum(len(v) for v in expected.values()), clients=len(clients),
-            lost=lost, duplicated=dup,
+            events=sum(len(v) for v in expected.values()),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"{poster.statuses[200]} webhooks answered 200 while nodes died",
         )
         await stop_all(clients)
@@ -140,9 +140,7 @@ async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
         on_a = await open_clients(stack, 40, colls, start=0)
         on_b = await open_clients(stack, 10, colls, start=1)
         # two posters with ~1 KB records: a few hundred events/s into 50 clients
-        posters = [
-            WebhookPoster(stack.ingest.port, DB, coll, rate=150, pad=800) for coll in colls
-        ]
+        posters = [WebhookPoster(stack.ingest.port, DB, coll, rate=150, pad=800) for coll in colls]
         for p in posters:
             p.start()
         await asyncio.sleep(2.0)
@@ -162,8 +160,10 @@ async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
         codes = [c.close_codes[0] if c.close_codes else None for c in on_a]
         row.update(
             tried="SIGTERM with 40 of 50 clients on the node, 2 collections, ~300 events/s",
-            events=sum(len(v) for v in expected.values()), clients=len(clients),
-            lost=lost, duplicated=dup,
+            events=sum(len(v) for v in expected.values()),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"close codes seen: {sorted(set(codes), key=str)}; exit code {rc}",
         )
         await stop_all(clients)
@@ -197,7 +197,10 @@ async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack) -> None:
         recovered = sum(1 for c in clients if c.subscribed[-1]["recovered"] is True)
         row.update(
             tried="node killed under 300 clients; all reconnect to one node with lastIds",
-            events=len(expected), clients=len(clients), lost=lost, duplicated=dup,
+            events=len(expected),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"{recovered}/300 resumed with recovered=true",
         )
         await stop_all(clients)
@@ -232,7 +235,10 @@ async def test_whole_fanout_tier_killed_and_restarted(stack: Stack) -> None:
         failed = sum(c.failed_connects for c in clients)
         row.update(
             tried="2 nodes SIGKILLed together under 30 clients, restarted after 2 s",
-            events=len(expected), clients=len(clients), lost=lost, duplicated=dup,
+            events=len(expected),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"{failed} refused reconnect attempts while no node was up; "
             f"{sum(s['recovered'] for c in clients for s in c.subscribed[1:])} resumes "
             "recovered=true",

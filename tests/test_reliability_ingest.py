@@ -45,8 +45,9 @@ def test_worker_killed_mid_request_is_replaced_and_nothing_is_stored_twice(
                     killed.append(victim)
                 time.sleep(0.8)
             replaced = wait_until(
-                lambda: len(children(master)) == WORKERS
-                and not set(children(master)) & set(killed),
+                lambda: (
+                    len(children(master)) == WORKERS and not set(children(master)) & set(killed)
+                ),
                 20,
             )
             ok_after = sum(p.statuses[200] for p in posters)
@@ -64,7 +65,9 @@ def test_worker_killed_mid_request_is_replaced_and_nothing_is_stored_twice(
             status, _ = http_get(ingest.port, "/health")
             row.update(
                 tried=f"{len(killed)} workers killed under 3 senders (~{len(ids)} webhooks)",
-                events=len(ids), clients=3, lost=len(set(ids) - in_stream),
+                events=len(ids),
+                clients=3,
+                lost=len(set(ids) - in_stream),
                 duplicated=stored - len(set(ids)),
                 notes=f"{broken} deliveries broke mid-request and were retried; "
                 f"{ok_after} answered 200 in the second after the last kill",

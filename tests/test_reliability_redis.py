@@ -124,9 +124,12 @@ def retained(stack: Stack, coll: str) -> list[str]:
 
 async def test_redis_restart_without_persistence_under_load() -> None:
     coll = "outage"
-    with stack_with() as stack, reported(
-        "fault", "Redis SIGTERM under load, restarted 3 s later empty (no persistence)"
-    ) as row:
+    with (
+        stack_with() as stack,
+        reported(
+            "fault", "Redis SIGTERM under load, restarted 3 s later empty (no persistence)"
+        ) as row,
+    ):
         o = await outage_under_load(stack, coll, persistent=False)
         results = [delivery(o.poster.ids, c.ids[coll]) for c in o.clients]
         lost, dup, disorder = sum_delivery(results)
@@ -137,7 +140,10 @@ async def test_redis_restart_without_persistence_under_load() -> None:
         bogus = answered_200_while_down(o)
         row.update(
             tried=f"1 outage of {DOWN_SECONDS:.0f} s, 40 webhooks/s tried once, 6 clients",
-            events=len(o.poster.ids), clients=len(o.clients), lost=lost, duplicated=dup,
+            events=len(o.poster.ids),
+            clients=len(o.clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"answers {statuses}; 200 while down: {bogus}",
         )
         # resuming with an id from before the restart: told it was not recovered
@@ -165,9 +171,12 @@ async def test_redis_restart_without_persistence_under_load() -> None:
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 async def test_redis_restart_with_persistence_loses_nothing(how: str) -> None:
     coll = "durable"
-    with stack_with(*PERSISTENT) as stack, reported(
-        "fault", f"Redis {how} under load, restarted 3 s later from AOF (fsync always)"
-    ) as row:
+    with (
+        stack_with(*PERSISTENT) as stack,
+        reported(
+            "fault", f"Redis {how} under load, restarted 3 s later from AOF (fsync always)"
+        ) as row,
+    ):
         o = await outage_under_load(stack, coll, persistent=True, kill=how == "SIGKILL")
         in_stream = retained(stack, coll)
         answered = set(o.poster.ids)
@@ -181,14 +190,17 @@ async def test_redis_restart_with_persistence_loses_nothing(how: str) -> None:
         epochs = {i.split("@")[1] for i in in_stream}
         row.update(
             tried=f"1 outage of {DOWN_SECONDS:.0f} s, 40 webhooks/s tried once, 6 clients",
-            events=len(in_stream), clients=len(o.clients), lost=lost, duplicated=dup,
+            events=len(in_stream),
+            clients=len(o.clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"answers {statuses}; 200 while down: {answered_200_while_down(o)}; "
             f"{len(unanswered)} stored event(s) answered 503 as Redis died",
         )
         late = ResumingClient([stack.nodes[1].port], DB, [coll])
         late.ids[coll] = [o.before[5]]
         late.begin()
-        rest = in_stream[in_stream.index(o.before[5]) + 1:]
+        rest = in_stream[in_stream.index(o.before[5]) + 1 :]
         assert await wait_for(lambda: bool(late.subscribed), 15)
         assert await wait_for(lambda: len(late.ids[coll]) > len(rest), 15)
         await late.stop()
@@ -208,9 +220,10 @@ async def test_redis_restart_with_persistence_loses_nothing(how: str) -> None:
 
 async def test_client_subscribing_during_the_outage_gets_events_afterwards() -> None:
     coll = "joined_late"
-    with stack_with() as stack, reported(
-        "fault", "SDK client subscribing while Redis is down"
-    ) as row:
+    with (
+        stack_with() as stack,
+        reported("fault", "SDK client subscribing while Redis is down") as row,
+    ):
         await asyncio.to_thread(stack.redis.stop)
         client = ResumingClient([stack.nodes[0].port, stack.nodes[1].port], DB, [coll]).begin()
         # refused with ERROR + close 1013 (try again later), so it reconnects and re-subscribes
@@ -225,7 +238,10 @@ async def test_client_subscribing_during_the_outage_gets_events_afterwards() -> 
         result = delivery(poster.ids, client.ids[coll])
         row.update(
             tried="1 client subscribes during a Redis outage, 30 events after it returns",
-            events=len(poster.ids), clients=1, lost=result.lost, duplicated=result.duplicated,
+            events=len(poster.ids),
+            clients=1,
+            lost=result.lost,
+            duplicated=result.duplicated,
             notes=f"ERROR {sorted({str(e.get('code')) for e in client.errors})}, closes "
             f"{sorted(set(client.close_codes), key=str)}, then re-subscribed",
         )
@@ -239,9 +255,10 @@ async def test_redis_frozen_under_load_stores_each_event_once() -> None:
     may still execute when it wakes up; the sender's retry must then find that event (dedupe),
     never store a second one, and clients must get each stored event exactly once."""
     coll = "frozen"
-    with stack_with() as stack, reported(
-        "fault", "Redis frozen (SIGSTOP) 3 s under load, then resumed"
-    ) as row:
+    with (
+        stack_with() as stack,
+        reported("fault", "Redis frozen (SIGSTOP) 3 s under load, then resumed") as row,
+    ):
         ports = [n.port for n in stack.nodes]
         clients = [ResumingClient(ports, DB, [coll], start=i % 2).begin() for i in range(6)]
         assert await wait_for(lambda: all(c.subscribed for c in clients), 30)
@@ -271,13 +288,17 @@ async def test_redis_frozen_under_load_stores_each_event_once() -> None:
         statuses = dict(sum((p.statuses for p in posters), Counter()))
         _, page = await asyncio.to_thread(http_get, stack.ingest.port, "/metrics")
         found = [  # a retry that found the event its timed-out first delivery had stored
-            float(line.split()[-1]) for line in page.decode().splitlines()
+            float(line.split()[-1])
+            for line in page.decode().splitlines()
             if line.startswith("vski_ingest_webhooks_total") and 'outcome="duplicate"' in line
         ]
         row.update(
             tried=f"1 freeze of {DOWN_SECONDS:.0f} s, 3 senders x 20 webhooks/s retried until "
             "200, 6 clients",
-            events=len(in_stream), clients=len(clients), lost=lost, duplicated=dup,
+            events=len(in_stream),
+            clients=len(clients),
+            lost=lost,
+            duplicated=dup,
             notes=f"answers {statuses}; {len(in_stream)} stored for {len(ids)} distinct "
             f"webhooks; {int(sum(found))} retries found their event already stored (dedupe)",
         )

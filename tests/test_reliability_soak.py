@@ -191,8 +191,11 @@ async def soak(stack: Stack, seconds: float, population: int, label: str) -> Non
         row.update(
             tried=f"{seconds:.0f} s: {churner.opened} connections opened, {churner.closed} "
             f"closed, {churner.aborted} aborted, {churner.changes} subscription changes",
-            events=len(poster.ids), clients=len(stable) + churner.opened, lost=lost,
-            duplicated=dup, notes=f"RSS first->last third (median): {mem}",
+            events=len(poster.ids),
+            clients=len(stable) + churner.opened,
+            lost=lost,
+            duplicated=dup,
+            notes=f"RSS first->last third (median): {mem}",
         )
         for s in stable:
             await s.stop()

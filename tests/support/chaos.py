@@ -82,8 +82,12 @@ def webhook(db: str, coll: str, n: int, pad: int = 0, tag: str = "") -> bytes:
     if pad:
         record["pad"] = "x" * pad
     body = {
-        "database": db, "collection": coll, "id": f"r{tag}{n}", "action": "create",
-        "timestamp": f"2026-11-28T00:00:00.{n:06d}Z{tag}", "record": record,
+        "database": db,
+        "collection": coll,
+        "id": f"r{tag}{n}",
+        "action": "create",
+        "timestamp": f"2026-11-28T00:00:00.{n:06d}Z{tag}",
+        "record": record,
     }
     return json.dumps(body).encode()
 
@@ -93,7 +97,9 @@ def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tupl
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(
-            "POST", "/webhook", body,
+            "POST",
+            "/webhook",
+            body,
             {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         )
         resp = conn.getresponse()
@@ -116,8 +122,16 @@ class WebhookPoster(threading.Thread):
     in answer order; ``statuses`` counts every answer (0 = connection error)."""
 
     def __init__(
-        self, port: int, db: str, coll: str | Sequence[str], *, rate: float = 100.0,
-        count: int | None = None, retry: bool = True, pad: int = 0, tag: str = "",
+        self,
+        port: int,
+        db: str,
+        coll: str | Sequence[str],
+        *,
+        rate: float = 100.0,
+        count: int | None = None,
+        retry: bool = True,
+        pad: int = 0,
+        tag: str = "",
         retry_for: float = 60.0,
     ) -> None:
         super().__init__(daemon=True)
@@ -226,8 +240,11 @@ class ResumingClient:
         while not self.stopping:
             try:
                 conn = await connect(
-                    ws_url(self.port, self.db, self.token), open_timeout=10, compression=None,
-                    max_size=None, ping_interval=None,
+                    ws_url(self.port, self.db, self.token),
+                    open_timeout=10,
+                    compression=None,
+                    max_size=None,
+                    ping_interval=None,
                 )
             except Exception:
                 self.failed_connects += 1
@@ -330,6 +347,7 @@ def faulty(results: Sequence[Delivery]) -> list[Delivery]:
 
 def seq_order(ids: Sequence[str]) -> list[str]:
     """Ids of one collection and one epoch in stream order (answers can race between workers)."""
+
     def key(eid: str) -> tuple[int, int]:
         ms, _, seq = eid.partition("@")[0].partition("-")
         return int(seq), int(ms)
@@ -467,9 +485,7 @@ def growth(samples: Sequence[int]) -> Growth:
     if len(live) < 3:
         raise AssertionError(f"too few RSS samples: {samples}")
     third = len(live) // 3
-    return Growth(
-        statistics.median(live[:third]), statistics.median(live[-third:]), max(live)
-    )
+    return Growth(statistics.median(live[:third]), statistics.median(live[-third:]), max(live))
 
 
 def metric_value(text: str, name: str) -> float | None:
@@ -499,7 +515,7 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         conn.close()
 
 
-TRACE_MARKERS = ("Traceback", 'File "', "site-packages", ".py\", line")
+TRACE_MARKERS = ("Traceback", 'File "', "site-packages", '.py", line')
 
 
 def leaks_trace(body: bytes | str) -> bool:

@@ -52,7 +52,10 @@ class Proc:
 
     def start(self, timeout: float = 20) -> Proc:
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+            self.args,
+            env=self.env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -91,9 +94,7 @@ class Proc:
 
 def ingest_proc(redis_url: str, workers: int = 2, **extra: str) -> Proc:
     port = free_port()
-    env = base_env(
-        redis_url, INGEST_BIND=f"127.0.0.1:{port}", INGEST_WORKERS=str(workers), **extra
-    )
+    env = base_env(redis_url, INGEST_BIND=f"127.0.0.1:{port}", INGEST_WORKERS=str(workers), **extra)
     return Proc("ingest", [str(BIN / "vski-ingest")], env, port)
 
 

@@ -33,8 +33,19 @@ class RedisServer:
             raise RuntimeError("redis-server is not on PATH: install Redis 7 to run the tests")
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no",
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--protected-mode",
+            "no",
             *self.extra,
         ]
         self.proc = subprocess.Popen(
