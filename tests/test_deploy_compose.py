@@ -39,13 +39,13 @@ def code_env_vars() -> set[str]:
     return names - NOT_ENV
 
 
-def readme_section(name: str) -> str:
+def readme_section(heading: str) -> str:
+    """The README text under ``## <heading>`` up to the next ``## `` heading."""
     text = (ROOT / "README.md").read_text()
-    marker = f"<!-- section:{name} -->"
-    end = text.find(marker)
-    assert end != -1, f"README.md lost its {marker} marker"
-    start = text.rfind("\n## ", 0, end)
-    return text[start:end]
+    start = text.find(f"\n## {heading}\n")
+    assert start != -1, f"README.md lost its '## {heading}' section"
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def service_env(svc: dict[str, Any]) -> dict[str, str]:
 
 def test_every_variable_the_services_set_is_read_by_the_code_and_documented() -> None:
     read = code_env_vars()
-    docs = readme_section("configuration")
+    docs = readme_section("Configuration")
     for file in ("compose.yaml", "compose.cluster.yaml"):
         for name, svc in load(file)["services"].items():
             for var in service_env(svc):
@@ -91,7 +91,7 @@ def test_every_variable_the_services_set_is_read_by_the_code_and_documented() ->
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
-    docs = readme_section("configuration")
+    docs = readme_section("Configuration")
     missing = sorted(v for v in code_env_vars() if f"`{v}`" not in docs)
     assert missing == [], f"README configuration does not document: {missing}"
 
