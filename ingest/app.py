@@ -23,7 +23,7 @@ from common.auth import AuthError, TokenVerifier, bearer_token
 from common.logs import get_logger
 from common.messages import MessageError, decode_webhook
 from ingest import metrics
-from ingest.ratelimit import RateLimiter
+from ingest.ratelimit import RateLimiter, sender_address
 from ingest.settings import IngestSettings
 from ingest.store import EventStore, ReplicationTimeout
 
@@ -82,7 +82,11 @@ class WebhookResource:
         metrics.LATENCY.observe(time.perf_counter() - started)
 
     def _handle(self, req: falcon.Request) -> tuple[str, bool]:
-        if self.limiter is not None and not self.limiter.allow(req.remote_addr or "-"):
+        if self.limiter is not None and not self.limiter.allow(
+            sender_address(
+                req.remote_addr, req.get_header("X-Forwarded-For"), self.settings.trusted_proxies
+            )
+        ):
             raise HTTPJsonError(
                 429,
                 "rate_limited",

@@ -28,6 +28,7 @@ class IngestSettings:
     wait_timeout_ms: int = 100
     rate_limit: float = 0.0  # webhooks/s per sender IP per worker; 0 = off
     rate_burst: int = 1
+    trusted_proxies: frozenset[str] = frozenset()  # peers whose X-Forwarded-For is believed
     control_socket: str | None = None  # gunicorn's control socket; None = disabled
 
 
@@ -71,5 +72,6 @@ def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
         wait_timeout_ms=e.int("INGEST_WAIT_TIMEOUT_MS", 100, minimum=1),
         rate_limit=rate,
         rate_burst=e.int("INGEST_RATE_BURST", max(1, int(rate * 2)), minimum=1),
+        trusted_proxies=frozenset(e.list("INGEST_TRUSTED_PROXIES")),
         control_socket=e.opt("INGEST_CONTROL_SOCKET"),
     )

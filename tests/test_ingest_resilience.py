@@ -157,6 +157,33 @@ def test_rate_limit_429(redis_srv: RedisServer) -> None:
         proc.stop()
 
 
+def test_rate_limit_per_sender_behind_a_trusted_proxy(redis_srv: RedisServer) -> None:
+    """The test client plays nginx on 127.0.0.1: with INGEST_TRUSTED_PROXIES the limit counts
+    each X-Forwarded-For sender on its own; a forged left-most hop does not escape it."""
+    proc = ingest_proc(
+        redis_srv.url,
+        workers=1,
+        INGEST_RATE_LIMIT="0.5",
+        INGEST_RATE_BURST="2",
+        INGEST_TRUSTED_PROXIES="127.0.0.1",
+    ).start()
+    try:
+
+        def send(i: int, forwarded: str) -> int:
+            body = webhook_body(collection="rlp", record_id=f"p{i}")
+            reply = post_webhook(proc.port, body, headers={"X-Forwarded-For": forwarded})
+            return reply.status
+
+        a = [send(i, "10.0.0.1") for i in range(4)]
+        b = [send(10 + i, "10.0.0.2") for i in range(4)]
+        forged = [send(20 + i, f"1.2.3.{i}, 10.0.0.1") for i in range(2)]
+        assert a[:2] == [200, 200] and 429 in a[2:]
+        assert b[:2] == [200, 200], "another sender behind the same proxy has its own budget"
+        assert forged == [429, 429], "a forged left-most hop must not reset the budget"
+    finally:
+        proc.stop()
+
+
 def test_retention_from_environment() -> None:
     with redis_server("--stream-node-max-entries", "10") as server:
         proc = ingest_proc(
