@@ -20,15 +20,11 @@ from typing import Any
 import jwt
 
 from common.config import JwtSettings
+from common.errors import ServiceError
 
 
-class AuthError(Exception):
-    """A token was refused; ``code`` is machine-readable, the message is for humans."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class AuthError(ServiceError):
+    """A token was refused."""
 
 
 @dataclass(frozen=True, slots=True)

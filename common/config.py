@@ -17,7 +17,9 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable and what to set."""
 
 
-class _Env:
+class Env:
+    """Typed reads of environment variables; every error names the variable."""
+
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
@@ -70,6 +72,19 @@ class _Env:
         raw = self.env.get(name, "")
         return [item.strip() for item in raw.split(",") if item.strip()]
 
+    def bind(
+        self, name: builtins.str, default: builtins.str, *, unix: builtins.bool = False
+    ) -> builtins.str:
+        """``host:port`` (or ``unix:/path`` where ``unix``) to listen on."""
+        value = self.str(name, default)
+        if unix and value.startswith("unix:"):
+            return value
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            example = f"host:port (e.g. {default})" + (" or unix:/path" if unix else "")
+            raise ConfigError(f"{name}={value!r} must be {example}")
+        return value
+
 
 @dataclass(frozen=True)
 class RedisSettings:
@@ -114,7 +129,7 @@ class CommonSettings:
 def load_common(
     env: Mapping[str, str] | None = None, *, require_secret: bool = True
 ) -> CommonSettings:
-    e = _Env(os.environ if env is None else env)
+    e = Env(os.environ if env is None else env)
     dev_mode = e.bool("VSKI_DEV", False)
     secrets = [s for s in [e.opt("JWT_SECRET"), *e.list("JWT_PREVIOUS_SECRETS")] if s]
     if require_secret and not secrets:

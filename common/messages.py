@@ -11,18 +11,17 @@ from typing import Any, Literal
 
 import msgspec
 
-from common.keys import InvalidName, check_name
+from common.errors import ClientError
+from common.layout import InvalidName, check_name
 
 MAX_NESTING_HINT = "JSON nested too deeply"
 
 
-class MessageError(ValueError):
-    """A message was refused. ``code`` is machine-readable; ``status`` is the HTTP status."""
+class MessageError(ClientError):
+    """A message was refused; ``status`` is the HTTP status ingest answers it with."""
 
     def __init__(self, code: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.status = status
 
 
@@ -128,7 +127,6 @@ class Ack(msgspec.Struct, tag="ACK", tag_field="type", frozen=True):
 
 ClientMessage = Subscribe | Unsubscribe | Ack
 _client_decoder = msgspec.json.Decoder(ClientMessage)
-MAX_CLIENT_FRAME_HINT = 64 * 1024
 
 
 def decode_client_message(frame: str | bytes) -> ClientMessage:

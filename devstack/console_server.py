@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from common.errors import error_json
 from devstack.client import post_webhook
 
 STATIC = {
@@ -59,6 +60,9 @@ def make_handler(cfg: ConsoleConfig) -> type[BaseHTTPRequestHandler]:
         def _json(self, status: int, value: dict[str, Any]) -> None:
             self._send(status, json.dumps(value).encode(), "application/json")
 
+        def _error(self, status: int, code: str, message: str) -> None:
+            self._send(status, error_json(code, message), "application/json")
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path in STATIC:
@@ -76,15 +80,15 @@ def make_handler(cfg: ConsoleConfig) -> type[BaseHTTPRequestHandler]:
                     },
                 )
             else:
-                self._json(404, {"error": "not_found", "message": f"no page at {path}"})
+                self._error(404, "not_found", f"no page at {path}")
 
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != "/api/webhook":
-                self._json(404, {"error": "not_found", "message": "POST /api/webhook only"})
+                self._error(404, "not_found", "POST /api/webhook only")
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_RELAY_BYTES:
-                self._json(413, {"error": "payload_too_large", "message": "1 MiB at most"})
+                self._error(413, "payload_too_large", "1 MiB at most")
                 return
             body = self.rfile.read(length)
             try:

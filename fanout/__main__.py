@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import resource
 import signal
 import sys
 import time
-from typing import Any
 
 from common.config import ConfigError
 from common.logs import get_logger, setup_logging
@@ -33,8 +31,10 @@ def _raise_fd_limit() -> int:
 
 
 async def run(settings: FanoutSettings) -> None:
+    from fanout.groups import Groups
     from fanout.hub import Hub, HubSettings
     from fanout.server import FanoutServer
+    from fanout.subscriptions import Subscriptions
 
     hub = Hub(
         HubSettings(
@@ -44,9 +44,15 @@ async def run(settings: FanoutSettings) -> None:
         ),
         settings.common,
     )
-    groups = _load_groups(hub, settings)
+    groups = Groups(hub, settings)
+    subscriptions = Subscriptions(
+        hub,
+        groups,
+        max_per_connection=settings.max_subscriptions,
+        prefix=settings.common.redis.key_prefix,
+    )
     await hub.start()
-    server = FanoutServer(settings, hub, groups)
+    server = FanoutServer(settings, hub, subscriptions)
     await server.start()
 
     stop = asyncio.Event()
@@ -61,20 +67,9 @@ async def run(settings: FanoutSettings) -> None:
     with contextlib.suppress(Exception):
         left = max(0.1, settings.drain_seconds - (time.monotonic() - started) - 0.1)
         async with asyncio.timeout(left):
-            if groups is not None and hasattr(groups, "stop"):
-                await groups.stop()
+            await groups.stop()
             await hub.stop()
     log.info("stopped", seconds=round(time.monotonic() - started, 3))
-
-
-def _load_groups(hub: object, settings: FanoutSettings) -> Any:
-    """Consumer groups live in fanout/groups.py when present (``build(hub, settings)``)."""
-    try:
-        groups_mod = importlib.import_module("fanout.groups")
-    except ModuleNotFoundError:
-        return None
-    build = getattr(groups_mod, "build", None)
-    return build(hub, settings) if build is not None else None
 
 
 def main(argv: list[str] | None = None) -> None:

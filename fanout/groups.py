@@ -3,7 +3,7 @@
 Each (database, collection, group) is a Redis consumer group on the collection's stream, so
 members on every node share one position and one pending entries list: each event goes to one
 member, whichever node it is on. This node runs a :class:`GroupWorker` per group it has
-members of; each member (a connection) is its own Redis consumer ``<node id>:<connection>``.
+members of; each member (a connection) is its own Redis consumer ``<node id>:<n>``.
 
 At-least-once: an event stays pending until its member ACKs it; a member that leaves hands its
 pending events on at once, and every node reclaims events idle past the visibility timeout
@@ -11,7 +11,7 @@ pending events on at once, and every node reclaims events idle past the visibili
 primary), never to ``REDIS_READ_URL``. Plain subscribers are untouched: groups are a separate
 read of the same stream.
 
-Implements the session's ``GroupsPort``; ``fanout/__main__.py`` calls :func:`build`.
+Implements ``fanout.subscriptions.GroupsPort``.
 """
 
 from __future__ import annotations
@@ -22,21 +22,21 @@ import itertools
 import secrets
 from typing import Any
 
-import redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from common.keys import collection_keys
+from common.errors import ClientError, StoreUnavailable
+from common.layout import CollectionKeys, collection_keys
 from common.logs import get_logger
 from common.redis_conn import async_client
 from fanout import metrics
 from fanout.groups_redis import GroupRedis
-from fanout.groups_worker import GroupConfig, GroupError, GroupWorker
+from fanout.groups_worker import REDIS_ERRORS, GroupConfig, GroupWorker
+from fanout.hub import Hub
 from fanout.settings import FanoutSettings
+from fanout.wire import Member
 
 log = get_logger("fanout.groups")
-
-__all__ = ["GroupError", "Groups", "build", "config_from"]
 
 GroupKey = tuple[str, str, str]  # (database, collection, group)
 
@@ -64,9 +64,8 @@ def config_from(settings: FanoutSettings) -> GroupConfig:
 
 
 class Groups:
-    def __init__(self, hub: Any, settings: FanoutSettings, client: Any | None = None) -> None:
+    def __init__(self, hub: Hub, settings: FanoutSettings, client: Any | None = None) -> None:
         self.hub = hub
-        self.settings = settings
         self.config = config_from(settings)
         self.prefix = settings.common.redis.key_prefix
         self.retention_ms = settings.common.retention.max_age_ms
@@ -74,66 +73,54 @@ class Groups:
         self.node_id = secrets.token_hex(4)
         self.workers: dict[GroupKey, GroupWorker] = {}
         self.starting: dict[GroupKey, asyncio.Future[GroupWorker]] = {}
-        self.memberships: dict[Any, set[GroupKey]] = {}
-        self.consumers: dict[Any, str] = {}
-        self._seq = itertools.count(1)
+        self._consumers = itertools.count(1)
         # collections this node made or served groups of, still to be swept for idle groups
         # after their last member is gone (else a group abandoned on a busy collection, whose
         # stream never expires, would stay forever)
         self.swept: set[tuple[str, str]] = set()
         self._janitor: asyncio.Task[None] | None = None
 
-    def consumer_of(self, member: Any) -> str:
-        name = self.consumers.get(member)
-        if name is None:
-            name = self.consumers[member] = f"{self.node_id}:{next(self._seq)}"
-        return name
+    def _new_consumer(self) -> str:
+        return f"{self.node_id}:{next(self._consumers)}"
 
     # ------------------------------------------------------------------ GroupsPort
 
-    async def subscribe(
-        self, member: Any, db: str, collection: str, group: str, last_id: str | None
+    async def join(
+        self, member: Member, keys: CollectionKeys, group: str, last_id: str | None
     ) -> str:
         """Join ``group``; a new group starts at the end of the stream (``$``: events from now
-        on), or at its oldest retained event when the SUBSCRIBE says ``lastId: "0"``."""
-        key = (db, collection, group)
+        on), or at its oldest retained event when the SUBSCRIBE says ``lastId: "0"``. Returns
+        the collection's newest event id, for SUBSCRIBED."""
+        key = (keys.database, keys.collection, group)
         worker = await self._worker(key, "0" if last_id == "0" else "$")
         try:
             last = await worker.rds.last_id()
-        except (redis.RedisError, OSError):
-            raise GroupError(
-                "redis_unavailable", "the event store is unavailable; retry later"
-            ) from None
+        except REDIS_ERRORS:
+            raise StoreUnavailable() from None
         if worker.stopped:  # emptied and stopped while we waited: join a fresh one
             worker = await self._worker(key, "$")
-        if worker.add(member, self.consumer_of(member)):
-            self.memberships.setdefault(member, set()).add(key)
+        worker.add(member)
         return last
 
-    async def ack(self, member: Any, db: str, collection: str, group: str, ack_id: str) -> None:
-        worker = self.workers.get((db, collection, group))
-        if worker is None or member not in worker.by_session:
-            raise GroupError(
+    async def ack(self, member: Member, keys: CollectionKeys, group: str, ack_id: str) -> None:
+        worker = self.workers.get((keys.database, keys.collection, group))
+        if worker is None:
+            raise ClientError(
                 "invalid_ack",
-                f"this connection is not a member of group {group!r} of {collection!r}",
+                f"this connection is not a member of group {group!r} of {keys.collection!r}",
             )
         await worker.ack(member, ack_id)
 
-    async def unsubscribe(self, member: Any, db: str, collection: str, group: str) -> bool:
-        key = (db, collection, group)
-        keys = self.memberships.get(member)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                self.memberships.pop(member, None)
-                self.consumers.pop(member, None)
-        return await self._leave(member, key)
-
-    async def remove(self, member: Any) -> None:
-        keys = self.memberships.pop(member, set())
-        self.consumers.pop(member, None)
-        for key in keys:
-            await self._leave(member, key)
+    async def leave(self, member: Member, keys: CollectionKeys, group: str) -> bool:
+        key = (keys.database, keys.collection, group)
+        worker = self.workers.get(key)
+        if worker is None:
+            return False
+        left = await worker.remove(member)
+        if worker.is_empty() and self.workers.get(key) is worker:
+            del self.workers[key]
+            await worker.stop()
+        return left
 
     # ------------------------------------------------------------------ workers
 
@@ -166,31 +153,26 @@ class Groups:
         db, collection, group = key
         keys = collection_keys(db, collection, self.prefix)
         rds = GroupRedis(self.client, keys, group, self.retention_ms)
-        worker = GroupWorker(rds, self.config, database=db, collection=collection, group=group)
+        worker = GroupWorker(
+            rds,
+            self.config,
+            new_consumer=self._new_consumer,
+            database=db,
+            collection=collection,
+            group=group,
+        )
         try:
             await worker.start(start_id)
-            worker.unwatch = await self.hub.watch(db, collection, worker.poke)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            worker.unwatch = await self.hub.watch(keys, worker.poke)
+        except (*REDIS_ERRORS, TimeoutError) as exc:
             await worker.stop()
             log.warning("group_start_failed", collection=collection, group=group, error=str(exc))
-            raise GroupError(
-                "redis_unavailable", "the event store is unavailable; retry later"
-            ) from None
+            raise StoreUnavailable() from None
         except BaseException:
             await worker.stop()
             raise
         log.info("group_started", database=db, collection=collection, group=group)
         return worker
-
-    async def _leave(self, member: Any, key: GroupKey) -> bool:
-        worker = self.workers.get(key)
-        if worker is None:
-            return False
-        left = await worker.remove(member)
-        if worker.is_empty() and self.workers.get(key) is worker:
-            del self.workers[key]
-            await worker.stop()
-        return left
 
     async def _janitor_loop(self) -> None:
         """Every cleanup period, destroy groups idle past retention on collections this node
@@ -204,7 +186,7 @@ class Groups:
                     keys = collection_keys(db, coll, self.prefix)
                     rds = GroupRedis(self.client, keys, "", self.retention_ms)
                     destroyed, remaining = await rds.cleanup()
-                except (redis.RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("group_sweep_failed", collection=coll, error=type(exc).__name__)
                     break
                 if destroyed:
@@ -217,15 +199,11 @@ class Groups:
         """Graceful exit: hand every remaining member's events on, then close."""
         if self._janitor is not None:
             self._janitor.cancel()
-        for member in list(self.memberships):
-            with contextlib.suppress(Exception):
-                await self.remove(member)
         for worker in list(self.workers.values()):
+            for holder in list(worker.ledger.holders):
+                with contextlib.suppress(Exception):
+                    await worker.remove(holder.member)
             await worker.stop()
         self.workers.clear()
         with contextlib.suppress(Exception):
             await self.client.aclose()
-
-
-def build(hub: Any, settings: FanoutSettings) -> Groups:
-    return Groups(hub, settings)

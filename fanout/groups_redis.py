@@ -8,6 +8,7 @@ group) are Lua scripts: ``XGROUP DELCONSUMER`` destroys the consumer's pending e
 only ever runs in the same atomic step that saw the consumer had none.
 
 Times compared across nodes (group last use) come from Redis ``TIME``, never from node clocks.
+The scripts are the ``fanout/lua/group_*.lua`` files; each says what its KEYS and ARGV are.
 """
 
 from __future__ import annotations
@@ -17,116 +18,13 @@ from typing import Any
 
 import redis
 
-from common.keys import CollectionKeys
+from common.layout import DATA_FIELD, META_EPOCH, META_FIELDS, CollectionKeys, event_id
+from common.scripts import load_lua
 
-# KEYS: stream, registry. ARGV: group, start id, stream ttl ms, registry ttl ms.
-# Creates the group if missing (MKSTREAM); a stream made here has no events and no TTL yet, so
-# it gets the retention TTL ingest would give it. (Ingest deletes the stream when it starts a
-# collection's first epoch, taking any group made before the first event with it: the registry
-# entry is how the group's backlog survives that.) Returns {Redis time in ms, 1 if created}.
-_ENSURE = """
-local start = ARGV[2]
-if start == '$' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  -- registered but missing: its stream was reset or expired since it was last used, so no
-  -- event now in the stream was ever seen by it
-  start = '0'
-end
-local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], start, 'MKSTREAM')
-local created = 1
-if type(ok) == 'table' and ok.err then
-  if not string.find(ok.err, 'BUSYGROUP') then
-    return redis.error_reply(ok.err)
-  end
-  created = 0
-end
-if redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {now, created}
-"""
-
-# KEYS: stream, registry. ARGV: group, registry ttl ms. Records that the group is in use.
-_TOUCH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return now
-"""
-
-# KEYS: stream. ARGV: group, consumer, target consumer, idle ms, batch.
-# Moves up to `batch` pending entries of `consumer` to `target` (with their idle time set to
-# `idle`, so any node's next reclaim pass takes them at once), and deletes `consumer` once it
-# holds nothing. Returns the number of entries moved.
-_RELEASE = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[5]), ARGV[2])
-if #p > 0 then
-  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], '0'}
-  for _, e in ipairs(p) do args[#args + 1] = e[1] end
-  args[#args + 1] = 'IDLE'
-  args[#args + 1] = ARGV[4]
-  args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
-end
-if #p < tonumber(ARGV[5]) then
-  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-end
-return #p
-"""
-
-# KEYS: stream. ARGV: group, min idle ms, consumers to keep...
-# Deletes consumers that hold no pending entry and were idle at least `min idle` (members of a
-# crashed node, after their entries were reclaimed). Returns how many were deleted.
-_PRUNE = """
-local keep = {}
-for i = 3, #ARGV do keep[ARGV[i]] = true end
-local list = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-local n = 0
-for _, c in ipairs(list) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if not keep[f['name']] and tonumber(f['pending']) == 0
-     and tonumber(f['idle']) >= tonumber(ARGV[2]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    n = n + 1
-  end
-end
-return n
-"""
-
-# KEYS: stream, registry. ARGV: idle ms, registry ttl ms.
-# Destroys the collection's groups unused for longer than `idle` (by the registry's last-use
-# times); a group found in the stream but not in the registry is registered now, so it is
-# destroyed later unless someone uses it. Returns {destroyed group names, groups remaining}.
-_CLEANUP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local idle = tonumber(ARGV[1])
-local destroyed = {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name = g[2]
-    local score = redis.call('ZSCORE', KEYS[2], name)
-    if not score then
-      redis.call('ZADD', KEYS[2], now, name)
-    elseif now - tonumber(score) > idle then
-      redis.call('XGROUP', 'DESTROY', KEYS[1], name)
-      redis.call('ZREM', KEYS[2], name)
-      destroyed[#destroyed + 1] = name
-    end
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - idle))
-local remaining = redis.call('ZCARD', KEYS[2])
-if remaining > 0 then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return {destroyed, remaining}
-"""
+_SCRIPTS = {
+    name: load_lua("fanout", f"lua/group_{name}").text
+    for name in ("ensure", "touch", "release", "prune", "cleanup")
+}
 
 Entry = tuple[str, bytes]  # (stream id, data json)
 
@@ -142,7 +40,7 @@ def _entries(raw: Any) -> list[Entry]:
     for sid, fields in raw or ():
         if fields is None:
             continue  # deleted (trimmed) entry
-        data = fields.get(b"d")
+        data = fields.get(DATA_FIELD)
         if data is None:
             continue
         out.append((sid.decode() if isinstance(sid, bytes) else str(sid), data))
@@ -169,11 +67,11 @@ class GroupRedis:
         self.group = group
         self.retention_ms = retention_ms
         self.registry_ttl_ms = retention_ms * 2
-        self._ensure = client.register_script(_ENSURE)
-        self._touch = client.register_script(_TOUCH)
-        self._release = client.register_script(_RELEASE)
-        self._prune = client.register_script(_PRUNE)
-        self._cleanup = client.register_script(_CLEANUP)
+        self._ensure = client.register_script(_SCRIPTS["ensure"])
+        self._touch = client.register_script(_SCRIPTS["touch"])
+        self._release = client.register_script(_SCRIPTS["release"])
+        self._prune = client.register_script(_SCRIPTS["prune"])
+        self._cleanup = client.register_script(_SCRIPTS["cleanup"])
 
     @property
     def _both(self) -> list[str]:
@@ -189,15 +87,15 @@ class GroupRedis:
         return int(await self._touch(keys=self._both, args=[self.group, self.registry_ttl_ms]))
 
     async def epoch(self) -> str | None:
-        raw = await self.client.hget(self.keys.meta, "e")
+        raw = await self.client.hget(self.keys.meta, META_EPOCH)
         return raw.decode() if raw is not None else None
 
     async def last_id(self) -> str:
         """The collection's newest event id, for SUBSCRIBED (``"0"`` when it has none)."""
-        epoch, seq, ms = await self.client.hmget(self.keys.meta, "e", "q", "ms")
+        epoch, seq, ms = await self.client.hmget(self.keys.meta, *META_FIELDS)
         if epoch is None or not seq or int(seq) == 0:
             return "0"
-        return f"{int(ms or 0)}-{int(seq)}@{epoch.decode()}"
+        return event_id(int(ms or 0), int(seq), epoch.decode())
 
     async def read_new(self, consumer: str, count: int) -> list[Entry]:
         reply = await self.client.xreadgroup(

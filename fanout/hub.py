@@ -1,27 +1,15 @@
-"""The hub: where events leave Redis for this node's clients.
+"""The hub: where events leave Redis for this node's clients (the I/O around the cursor).
 
-One :class:`StreamState` per collection this node serves holds the cursor (epoch, seq, ms of the
-last event delivered to its live members) and the members. Live events arrive as sharded pub/sub
-notifications (fanout/redis_nodes.py); a notification whose seq is cursor+1 is delivered at once,
-one already seen is dropped, and a jump means notifications were missed: the gap is read from the
-collection's stream, so a dropped Redis connection costs latency, never events.
+One :class:`Stream` per collection this node serves holds its cursor (``fanout/cursor.py``)
+and its live recipients (``fanout/recipients.py``). Live events arrive as sharded pub/sub
+notifications (``fanout/redis_nodes.py``); the cursor says which to deliver, which are
+duplicates, and where a gap must be read from the stream, so a dropped Redis connection costs
+latency, never events. A sweep compares every cursor with Redis every few seconds as a safety
+net for a notification lost without a reconnect.
 
-Delivery encodes each batch once (all events of one collection that arrived together share one
-frame) and writes it to every live member with ``websockets.broadcast``. A member whose send
-buffer is over the cap is not written to but closed (``member.overflowed()``): it resumes from
-its lastId elsewhere, so skipping it loses nothing and keeps the node's memory bounded.
-
-SUBSCRIBE with a lastId replays from the stream in pages up to the cursor, then joins the live set
-in the same step as the last "caught up?" check (no await in between): no gap, no duplicate.
-
-Interface used by the session layer:
-
-    hub = Hub(settings, common); await hub.start(); await hub.stop()
-    hub.readiness() -> (ok, reason)
-    await hub.subscribe(member, db, collection, last_id) -> SubscribeOutcome(last_id, recovered)
-    hub.unsubscribe(member, db, collection) -> bool;  hub.remove(member)
-
-A member needs ``member.conn`` (a websockets ServerConnection) and ``member.overflowed()``.
+A SUBSCRIBE with a lastId is replayed from the stream in pages up to the cursor, then joins
+the live set in the same step as the last "caught up?" check (no await in between): no gap,
+no duplicate.
 """
 
 from __future__ import annotations
@@ -29,29 +17,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
+from common.backoff import Backoff
 from common.config import CommonSettings
-from common.events import DATA_FIELD, BadNotification, Notification, parse_notification
-from common.ids import EventId, InvalidEventId, StreamState, is_recoverable, split_stream_id
-from common.keys import CollectionKeys, collection_keys
+from common.errors import StoreUnavailable
+from common.layout import (
+    META_EPOCH,
+    META_FIELDS,
+    META_SEQ,
+    BadNotification,
+    CollectionKeys,
+    EventId,
+    Notification,
+    parse_notification,
+)
 from common.logs import get_logger
 from common.messages import event_frame
 from fanout import metrics
+from fanout.cursor import Advance, CollectionCursor, Replay
+from fanout.recipients import Event, Recipients
 from fanout.redis_nodes import Batch, RedisNodes
-from fanout.wire import broadcast_text
+from fanout.wire import Member
 
 log = get_logger("fanout.hub")
 
-
-class Member(Protocol):
-    conn: Any
-
-    def overflowed(self) -> None: ...
+REDIS_ERRORS = (redis.RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -70,13 +65,6 @@ class HubSettings:
     replica_wait: float = 5.0
 
 
-class SubscribeError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class SubscribeOutcome:
     last_id: str
@@ -88,10 +76,8 @@ class Stream:
     """What this node knows of one collection, and who receives it live."""
 
     keys: CollectionKeys
-    epoch: str | None = None
-    seq: int = 0
-    ms: int = 0
-    members: set[Any] = field(default_factory=set)
+    cursor: CollectionCursor
+    recipients: Recipients = field(default_factory=Recipients)
     watchers: set[Callable[[], None]] = field(default_factory=set)  # told of each new batch
     joining: int = 0  # subscribes in progress (keep the stream tracked meanwhile)
     initialized: bool = False
@@ -101,14 +87,8 @@ class Stream:
     linger: asyncio.TimerHandle | None = None
 
     @property
-    def last_id(self) -> str:
-        if self.epoch is None or self.seq == 0:
-            return "0"
-        return f"{self.ms}-{self.seq}@{self.epoch}"
-
-    @property
-    def cursor_sid(self) -> str:
-        return f"{self.ms}-{self.seq}"
+    def busy(self) -> bool:
+        return bool(self.recipients or self.watchers or self.joining)
 
 
 class Hub:
@@ -120,7 +100,6 @@ class Hub:
             common.redis, self._on_batch, self._on_resync, ping_interval=settings.ping_interval
         )
         self.streams: dict[str, Stream] = {}  # by channel name
-        self.member_streams: dict[Any, set[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._last_read_error: str | None = None
@@ -147,7 +126,7 @@ class Hub:
             return False, self._last_read_error
         return True, "ok"
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -155,13 +134,9 @@ class Hub:
     # ------------------------------------------------------------------ subscriptions
 
     async def subscribe(
-        self, member: Member, database: str, collection: str, last_id: str | None
+        self, member: Member, keys: CollectionKeys, last_id: str | None
     ) -> SubscribeOutcome:
-        keys = collection_keys(database, collection, self.prefix)
-        stream = self.streams.get(keys.channel)
-        if stream is not None and member in stream.members:
-            # the SDK sends SUBSCRIBE again on an open socket: never replay twice
-            return SubscribeOutcome(stream.last_id, True)
+        """Replay what the member missed after ``last_id``, then deliver live."""
         stream = await self._track(keys)
         stream.joining += 1
         try:
@@ -169,42 +144,28 @@ class Hub:
         finally:
             stream.joining -= 1
             self._maybe_linger(stream)
-        self.member_streams.setdefault(member, set()).add(keys.channel)
         metrics.SUBSCRIPTIONS.inc()
         if not recovered:
             metrics.NOT_RECOVERED.inc()
-        return SubscribeOutcome(stream.last_id, recovered)
+        return SubscribeOutcome(stream.cursor.last_id, recovered)
 
-    def unsubscribe(self, member: Member, database: str, collection: str) -> bool:
-        keys = collection_keys(database, collection, self.prefix)
-        return self._leave(member, keys.channel)
+    def last_id(self, keys: CollectionKeys) -> str:
+        """The newest event delivered here (a repeated SUBSCRIBE is answered with it)."""
+        stream = self.streams.get(keys.channel)
+        return stream.cursor.last_id if stream is not None else "0"
 
-    def remove(self, member: Member) -> None:
-        for channel in list(self.member_streams.get(member, ())):
-            self._leave(member, channel)
-        self.member_streams.pop(member, None)
-
-    def _leave(self, member: Member, channel: str) -> bool:
-        stream = self.streams.get(channel)
-        chans = self.member_streams.get(member)
-        if chans is not None:
-            chans.discard(channel)
-            if not chans:
-                self.member_streams.pop(member, None)
-        if stream is None or member not in stream.members:
+    def leave(self, member: Member, keys: CollectionKeys) -> bool:
+        stream = self.streams.get(keys.channel)
+        if stream is None or not stream.recipients.discard(member):
             return False
-        stream.members.discard(member)
         metrics.SUBSCRIPTIONS.dec()
         self._maybe_linger(stream)
         return True
 
-    async def watch(
-        self, database: str, collection: str, callback: Callable[[], None]
-    ) -> Callable[[], None]:
+    async def watch(self, keys: CollectionKeys, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (sync, cheap) whenever new events of the collection arrive; used by
         consumer groups to wake their readers without a blocking read per group. Returns the
         function that stops watching."""
-        keys = collection_keys(database, collection, self.prefix)
         stream = await self._track(keys)
         stream.watchers.add(callback)
 
@@ -214,15 +175,12 @@ class Hub:
 
         return unwatch
 
-    def subscription_count(self, member: Member) -> int:
-        return len(self.member_streams.get(member, ()))
-
     # ------------------------------------------------------------------ tracking a collection
 
     async def _track(self, keys: CollectionKeys) -> Stream:
         stream = self.streams.get(keys.channel)
         if stream is None:
-            stream = Stream(keys=keys)
+            stream = Stream(keys=keys, cursor=CollectionCursor(self.settings.max_frame_events))
             stream.ready = asyncio.get_running_loop().create_future()
             self.streams[keys.channel] = stream
             metrics.STREAMS.set(len(self.streams))
@@ -234,20 +192,16 @@ class Hub:
                 metrics.STREAMS.set(len(self.streams))
                 with contextlib.suppress(Exception):
                     await self.redis.unsubscribe(keys.channel)
-                stream.ready.set_exception(
-                    SubscribeError("redis_unavailable", "event store unavailable, retry later")
-                )
+                stream.ready.set_exception(StoreUnavailable())
                 stream.ready.exception()  # mark retrieved
-                if isinstance(exc, redis.RedisError | OSError | TimeoutError):
-                    raise SubscribeError(
-                        "redis_unavailable", "the event store is unavailable; retry later"
-                    ) from None
+                if isinstance(exc, (*REDIS_ERRORS, TimeoutError)):
+                    raise StoreUnavailable() from None
                 raise
             stream.initialized = True
             stream.ready.set_result(None)
             pending, stream.pending = stream.pending, []
             if pending:
-                self._deliver_notes(stream, pending)
+                self._advance(stream, stream.cursor.on_notifications(pending))
         elif stream.ready is not None and not stream.ready.done():
             await asyncio.shield(stream.ready)
         if stream.linger is not None:
@@ -257,16 +211,13 @@ class Hub:
 
     async def _load_cursor(self, stream: Stream) -> None:
         async with self._reads:
-            epoch, seq, ms = await self.redis.cmd.hmget(stream.keys.meta, "e", "q", "ms")
-        if epoch is None:
-            stream.epoch, stream.seq, stream.ms = None, 0, 0
-            return
-        stream.epoch = epoch.decode()
-        stream.seq = int(seq or 0)
-        stream.ms = int(ms or 0)
+            epoch, seq, ms = await self.redis.cmd.hmget(stream.keys.meta, *META_FIELDS)
+        stream.cursor.load(
+            epoch.decode() if epoch is not None else None, int(seq or 0), int(ms or 0)
+        )
 
     def _maybe_linger(self, stream: Stream) -> None:
-        if stream.members or stream.watchers or stream.joining or stream.linger is not None:
+        if stream.busy or stream.linger is not None:
             return
         if self.streams.get(stream.keys.channel) is not stream:
             return
@@ -275,8 +226,7 @@ class Hub:
 
     def _untrack(self, stream: Stream) -> None:
         stream.linger = None
-        busy = stream.members or stream.watchers or stream.joining
-        if busy or self.streams.get(stream.keys.channel) is not stream:
+        if stream.busy or self.streams.get(stream.keys.channel) is not stream:
             return
         del self.streams[stream.keys.channel]
         metrics.STREAMS.set(len(self.streams))
@@ -290,61 +240,22 @@ class Hub:
 
     async def _replay_and_join(self, member: Member, stream: Stream, last_id: str | None) -> bool:
         """Send what the member missed, then add it to the live set. True if recovered."""
-        if last_id in (None, "", "$"):
-            stream.members.add(member)
-            return True
-        recovered = True
-        pos_seq, pos_ms = 0, 0  # replay everything retained
-        if last_id != "0":
-            try:
-                last = EventId.parse(last_id)
-            except InvalidEventId:
-                last = None
-            if last is not None and self.reads_replica:
-                await self._wait_for_replica(stream, last)
-            if last is None or last.epoch != stream.epoch or last.seq > stream.seq:
-                recovered = False  # not ours, another epoch, or ahead of Redis: replay all
-            else:
-                pos_seq, pos_ms = last.seq, last.ms
-                if last.seq == stream.seq:
-                    if last.ms != stream.ms:
-                        recovered = False
-                        pos_seq, pos_ms = 0, 0
-                    else:
-                        stream.members.add(member)
-                        return True
-        epoch = stream.epoch
-        first = True
+        plan = Replay.parse(last_id)
+        if plan.after is not None and self.reads_replica:
+            await self._wait_for_replica(stream, plan.after)
+        cursor = stream.cursor
+        plan.start(cursor)
         sent = 0
-        while True:
-            if stream.epoch != epoch:  # Redis lost data during the replay: start over
-                epoch, pos_seq, pos_ms, recovered, first = stream.epoch, 0, 0, False, False
-            if pos_seq >= stream.seq:
-                stream.members.add(member)  # no await since the check: no gap, no duplicate
-                break
-            start = f"({pos_ms}-{pos_seq}" if pos_seq else "-"
-            entries = await self._xrange(stream.keys.stream, start, stream.cursor_sid)
-            if stream.epoch != epoch:
-                continue
-            if first and pos_seq:
-                first_seq = split_stream_id(entries[0][0])[1] if entries else None
-                state = StreamState(epoch=stream.epoch, last_seq=stream.seq)
-                recovered = recovered and is_recoverable(
-                    EventId(pos_ms, pos_seq, epoch or ""), state, first_seq
-                )
-            first = False
-            if not entries:
-                # the rest up to the cursor is no longer retained
-                if pos_seq < stream.seq:
-                    recovered = False if pos_seq else recovered
-                pos_seq, pos_ms = stream.seq, stream.ms
-                continue
-            events = [(f"{sid.decode()}@{epoch}", fields[DATA_FIELD]) for sid, fields in entries]
-            await member.conn.send(event_frame(stream.keys.collection, events), text=True)
-            sent += len(events)
-            pos_ms, pos_seq = split_stream_id(entries[-1][0])
-        metrics.REPLAY_EVENTS.observe(sent)
-        return recovered
+        while (rng := plan.next_range(cursor)) is not None:
+            entries = await self._xrange(stream.keys.stream, *rng)
+            events = plan.on_page(cursor, entries)
+            if events:
+                await member.send_frame(event_frame(stream.keys.collection, events))
+                sent += len(events)
+        stream.recipients.add(member)  # no await since the last check: no gap, no duplicate
+        if not plan.live:
+            metrics.REPLAY_EVENTS.observe(sent)
+        return plan.recovered
 
     async def _wait_for_replica(self, stream: Stream, last: EventId) -> None:
         """A client moving here from a region that reads the primary may hold an id that this
@@ -352,26 +263,26 @@ class Hub:
         reach it (live notifications advance it), instead of replaying the whole collection."""
         deadline = time.monotonic() + self.settings.replica_wait
         while time.monotonic() < deadline:
-            if stream.epoch is not None and (stream.epoch != last.epoch or stream.seq >= last.seq):
+            if stream.cursor.has_reached(last):
                 return
             await asyncio.sleep(0.02)
-        log.info("replica_behind_client", collection=stream.keys.collection, cursor=stream.seq)
+        log.info(
+            "replica_behind_client", collection=stream.keys.collection, cursor=stream.cursor.seq
+        )
 
     async def _xrange(self, key: str, start: str, end: str) -> list[Any]:
         try:
-            page = self.settings.replay_page
             async with self._reads:
+                page = self.settings.replay_page
                 return list(await self.redis.cmd.xrange(key, min=start, max=end, count=page))
-        except (redis.RedisError, OSError) as exc:
-            raise SubscribeError(
-                "redis_unavailable", "the event store is unavailable; retry later"
-            ) from exc
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable() from exc
 
     # ------------------------------------------------------------------ live delivery
 
     def _on_batch(self, batch: Batch) -> None:
         """Notifications from one listener, in arrival order: group per collection, deliver."""
-        groups: dict[str, list[Notification]] = {}
+        by_channel: dict[str, list[Notification]] = {}
         now_ms = time.time() * 1000
         for channel, payload in batch:
             try:
@@ -379,175 +290,121 @@ class Hub:
             except BadNotification as exc:
                 log.warning("bad_notification", channel=channel, error=str(exc))
                 continue
-            groups.setdefault(channel, []).append(note)
+            by_channel.setdefault(channel, []).append(note)
             metrics.READ_LAG.observe(max(0.0, (now_ms - note.ms) / 1000))
-        metrics.EVENTS_READ.inc(sum(len(v) for v in groups.values()))
-        for channel, notes in groups.items():
+        metrics.EVENTS_READ.inc(sum(len(v) for v in by_channel.values()))
+        for channel, notes in by_channel.items():
             stream = self.streams.get(channel)
             if stream is None:
                 continue
             if not stream.initialized or stream.repairing:
                 stream.pending.extend(notes)
                 continue
-            self._deliver_notes(stream, notes)
+            self._advance(stream, stream.cursor.on_notifications(notes))
 
-    def _deliver_notes(self, stream: Stream, notes: list[Notification]) -> None:
-        ready: list[tuple[str, bytes]] = []
-        for i, note in enumerate(notes):
-            if note.epoch != stream.epoch:
-                # a new epoch: Redis lost the collection's data and started over
-                self._flush(stream, ready)
-                ready = []
-                (log.warning if stream.epoch else log.info)(
-                    "epoch_changed",
-                    collection=stream.keys.collection,
-                    old=stream.epoch,
-                    new=note.epoch,
-                )
-                stream.epoch, stream.seq, stream.ms = note.epoch, 0, 0
-            if note.seq <= stream.seq:
-                if note.ms <= stream.ms:
-                    continue  # already delivered (catch-up read it first)
-                self._diverged(stream, note.seq, note.ms)
-            if note.seq != stream.seq + 1:
-                self._flush(stream, ready)
-                stream.pending = notes[i:]
-                self._start_repair(stream)
-                return
-            ready.append((note.event_id, note.data))
-            stream.seq, stream.ms = note.seq, note.ms
-            if len(ready) >= self.settings.max_frame_events:
-                self._flush(stream, ready)
-                ready = []
-        self._flush(stream, ready)
+    def _advance(self, stream: Stream, step: Advance) -> None:
+        """Do what the cursor said: log what it saw, deliver, and read a gap if there is one."""
+        collection = stream.keys.collection
+        for old, new in step.epoch_changes:
+            # a new epoch: Redis lost the collection's data and started over
+            (log.warning if old else log.info)(
+                "epoch_changed", collection=collection, old=old, new=new
+            )
+        for cursor_seq, seq in step.went_back:
+            log.warning("stream_went_back", collection=collection, cursor=cursor_seq, seq=seq)
+        for after, nxt in step.trimmed:
+            log.warning("live_gap_trimmed", collection=collection, after=after, next=nxt)
+        for events in step.batches:
+            self._flush(stream, events)
+        if step.gap is not None:
+            stream.pending = step.gap
+            if not stream.repairing:
+                stream.repairing = True
+                metrics.GAP_REPAIRS.inc()
+                self._spawn(self._repair(stream))
 
-    def _flush(self, stream: Stream, events: list[tuple[str, bytes]]) -> None:
-        if not events:
-            return
+    def _flush(self, stream: Stream, events: list[Event]) -> None:
         for callback in list(stream.watchers):
             try:
                 callback()
             except Exception:
                 log.exception("watcher_failed", collection=stream.keys.collection)
-        if not stream.members:
+        if not stream.recipients:
             return
-        frame = event_frame(stream.keys.collection, events)
-        limit = self.settings.max_buffer_bytes
-        conns = []
-        slow = []
-        for member in stream.members:
-            transport = member.conn.transport
-            if transport is not None and transport.get_write_buffer_size() > limit:
-                slow.append(member)
-            else:
-                conns.append(member.conn)
+        frames, sent, slow = stream.recipients.deliver(
+            stream.keys.collection, events, self.settings.max_buffer_bytes
+        )
+        metrics.FRAMES_SENT.inc(frames)
+        metrics.EVENTS_SENT.inc(sent)
         for member in slow:
-            self.remove(member)
+            self.leave(member, stream.keys)
             metrics.SLOW_CLOSES.inc()
             try:
                 member.overflowed()
             except Exception:
                 log.exception("overflow_handler_failed")
-        # the frame is encoded once and written to each transport (fanout/wire.py)
-        broadcast_text(conns, frame)
-        metrics.FRAMES_SENT.inc(len(conns))
-        metrics.EVENTS_SENT.inc(len(conns) * len(events))
 
     # ------------------------------------------------------------------ gap repair
 
-    def _start_repair(self, stream: Stream) -> None:
-        if stream.repairing:
-            return
-        stream.repairing = True
-        metrics.GAP_REPAIRS.inc()
-        self._spawn(self._repair(stream))
-
     async def _repair(self, stream: Stream, *, reload_meta: bool = False) -> None:
         """Read the stream from the cursor to its end, deliver, then the queued notifications."""
-        delay = 0.05
+        backoff = Backoff()
+        cursor = stream.cursor
+        page = self.settings.replay_page
         try:
             while self.streams.get(stream.keys.channel) is stream:
                 try:
                     if reload_meta:
-                        await self._check_epoch(stream)
+                        epoch = await self.redis.cmd.hget(stream.keys.meta, META_EPOCH)
+                        self._advance(stream, self._epoch_step(stream, epoch))
                         reload_meta = False
                     while True:
-                        start = f"({stream.cursor_sid}" if stream.seq else "-"
                         entries = await self.redis.cmd.xrange(
-                            stream.keys.stream, min=start, max="+", count=self.settings.replay_page
+                            stream.keys.stream, min=cursor.read_start(), max="+", count=page
                         )
                         if not entries:
                             break
-                        self._deliver_entries(stream, entries)
-                        if len(entries) < self.settings.replay_page:
+                        self._advance(stream, cursor.on_entries(entries))
+                        metrics.EVENTS_READ.inc(len(entries))
+                        if len(entries) < page:
                             break
                     self._last_read_error = None
                     break
-                except (redis.RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     self._last_read_error = f"stream read failed: {type(exc).__name__}"
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await backoff.sleep()
         finally:
             stream.repairing = False
         pending, stream.pending = stream.pending, []
         if pending:
-            self._deliver_notes(stream, pending)
+            self._advance(stream, cursor.on_notifications(pending))
 
-    def _deliver_entries(self, stream: Stream, entries: list[Any]) -> None:
-        events: list[tuple[str, bytes]] = []
-        for sid, fields in entries:
-            ms, seq = split_stream_id(sid)
-            if seq <= stream.seq:
-                if ms <= stream.ms:
-                    continue
-                self._diverged(stream, seq, ms)
-            if seq != stream.seq + 1 and stream.seq:
-                log.warning(
-                    "live_gap_trimmed",
-                    collection=stream.keys.collection,
-                    after=stream.seq,
-                    next=seq,
-                )
-            events.append((f"{ms}-{seq}@{stream.epoch}", fields[DATA_FIELD]))
-            stream.seq, stream.ms = seq, ms
-            if len(events) >= self.settings.max_frame_events:
-                self._flush(stream, events)
-                events = []
-        self._flush(stream, events)
-        metrics.EVENTS_READ.inc(len(entries))
+    @staticmethod
+    def _epoch_step(stream: Stream, raw: bytes | None) -> Advance:
+        step = Advance()
+        changed = stream.cursor.on_meta_epoch(raw.decode() if raw is not None else None)
+        if changed is not None:
+            step.epoch_changes.append(changed)
+        return step
 
-    def _diverged(self, stream: Stream, seq: int, ms: int) -> None:
-        """An event with a seq we passed but a later time: Redis lost its newest writes (a
-        failover without WAIT) and reused their seqs. Follow Redis from here; the lost events are
-        gone, and clients resuming from an id of theirs are told they were not recovered."""
-        log.warning(
-            "stream_went_back", collection=stream.keys.collection, cursor=stream.seq, seq=seq
-        )
-        stream.seq, stream.ms = seq - 1, ms
-
-    async def _check_epoch(self, stream: Stream) -> None:
-        epoch = await self.redis.cmd.hget(stream.keys.meta, "e")
-        if epoch is None:
-            return  # nothing in Redis (yet): the next notification brings the new epoch
-        new = epoch.decode()
-        if new != stream.epoch:
-            log.warning(
-                "epoch_changed", collection=stream.keys.collection, old=stream.epoch, new=new
-            )
-            stream.epoch, stream.seq, stream.ms = new, 0, 0
+    def _start_catch_up(self, stream: Stream) -> None:
+        if not stream.initialized or stream.repairing:
+            return
+        if self.streams.get(stream.keys.channel) is not stream:
+            return
+        stream.repairing = True
+        self._spawn(self._repair(stream, reload_meta=True))
 
     def _on_resync(self, channels: Iterable[str]) -> None:
         """A listener (re)connected: read whatever was announced while it was away."""
         for channel in channels:
             stream = self.streams.get(channel)
-            if stream is None or not stream.initialized or stream.repairing:
-                continue
-            stream.repairing = True
-            self._spawn(self._repair(stream, reload_meta=True))
+            if stream is not None:
+                self._start_catch_up(stream)
 
     async def _sweep_loop(self) -> None:
         """Safety net for a notification lost without a reconnect: compare each collection's
-        seq in Redis with the cursor every few seconds and repair when Redis is ahead."""
+        seq in Redis with the cursor every few seconds and catch up when Redis is ahead."""
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             try:
@@ -555,14 +412,14 @@ class Hub:
                 self._last_read_error = None
             except asyncio.CancelledError:
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self._last_read_error = f"sweep failed: {type(exc).__name__}"
             except Exception:
                 log.exception("sweep_failed")
 
     async def _sweep(self) -> None:
         await self.redis.cmd.ping()  # readiness also covers a node with nothing subscribed
-        items = [(ch, st) for ch, st in self.streams.items() if st.initialized and not st.repairing]
+        items = [st for st in self.streams.values() if st.initialized and not st.repairing]
         for i in range(0, len(items), 500):
             chunk = items[i : i + 500]
             pipe = (
@@ -570,20 +427,10 @@ class Hub:
                 if self.redis.cluster
                 else self.redis.cmd.pipeline(transaction=False)
             )
-            for _, stream in chunk:
-                pipe.hmget(stream.keys.meta, "e", "q")
+            for stream in chunk:
+                pipe.hmget(stream.keys.meta, META_EPOCH, META_SEQ)
             results = await pipe.execute()
-            for (channel, stream), (epoch, seq) in zip(chunk, results, strict=True):
-                if epoch is None:
-                    continue
-                behind = epoch.decode() != stream.epoch or int(seq or 0) > stream.seq
-                if behind and self.streams.get(channel) is stream and not stream.repairing:
-                    stream.repairing = True
-                    self._spawn(self._repair(stream, reload_meta=True))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "streams": len(self.streams),
-            "members": len(self.member_streams),
-            "redis_nodes": self.redis.listener_names(),
-        }
+            for stream, (epoch, seq) in zip(chunk, results, strict=True):
+                decoded = epoch.decode() if epoch is not None else None
+                if stream.cursor.is_behind(decoded, int(seq or 0)):
+                    self._start_catch_up(stream)

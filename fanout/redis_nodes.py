@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 from redis.crc import key_slot
 
+from common.backoff import Backoff
 from common.config import RedisSettings
 from common.logs import get_logger
 from common.redis_conn import async_client
@@ -150,7 +151,7 @@ class Listener:
         self.last_error = None
 
     async def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff()
         first = True
         while not self._closing:
             try:
@@ -168,7 +169,7 @@ class Listener:
                 # whatever was announced while we were not listening is read from the streams
                 self.on_resync(list(self.channels))
                 first = False
-                backoff = 0.05
+                backoff.reset()
                 await self._read_loop()
             except asyncio.CancelledError:
                 raise
@@ -178,8 +179,7 @@ class Listener:
                 await self._drop_pubsub()
                 if self.on_broken is not None:
                     self.on_broken(self)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.sleep()
 
     async def _read_loop(self) -> None:
         ps = self._pubsub
@@ -343,7 +343,7 @@ class RedisNodes:
 
     async def _reroute(self, channel: str) -> None:
         """A slot moved: refresh the cluster map, subscribe on the new owner, catch up."""
-        delay = 0.05
+        backoff = Backoff()
         while channel in self._route:
             try:
                 if self.cluster:
@@ -356,8 +356,7 @@ class RedisNodes:
                 raise
             except Exception as exc:
                 log.warning("reroute_failed", channel=channel, error=str(exc)[:200])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.sleep()
 
     def health(self) -> tuple[bool, str]:
         max_silence = self.ping_interval * 3

@@ -12,27 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import json
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from common.auth import AuthError, Claims, TokenVerifier, bearer_token
-from common.keys import InvalidName, check_name
+from common.errors import CloseCode, error_json
+from common.layout import InvalidName, check_name
 from common.logs import get_logger, redact
 from fanout import metrics
-from fanout.session import CLOSE_SERVICE_RESTART, GroupsPort, HubPort, Session
+from fanout.hub import Hub
+from fanout.session import Session
 from fanout.settings import FanoutSettings
+from fanout.subscriptions import Subscriptions
 
 log = get_logger("fanout.server")
 
 REALTIME_PATH = "/api/realtime"
+_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +53,7 @@ class NodeConnection(ServerConnection):
     admission: Admission | None = None
 
 
-class ReadinessPort(HubPort, Protocol):
-    def readiness(self) -> tuple[bool, str]: ...
-
-
-def json_response(status: int, body: dict[str, Any], **headers: str) -> Response:
-    data = json.dumps(body).encode()
+def _response(status: int, data: bytes, **headers: str) -> Response:
     hdrs = Headers()
     hdrs["Content-Type"] = "application/json"
     hdrs["Content-Length"] = str(len(data))
@@ -64,22 +63,26 @@ def json_response(status: int, body: dict[str, Any], **headers: str) -> Response
     return Response(status, http.HTTPStatus(status).phrase, hdrs, data)
 
 
+def json_response(status: int, body: dict[str, Any], **headers: str) -> Response:
+    return _response(status, _json.encode(body), **headers)
+
+
 def error_response(status: int, code: str, message: str, **headers: str) -> Response:
-    return json_response(status, {"error": code, "message": message}, **headers)
+    return _response(status, error_json(code, message), **headers)
 
 
 class FanoutServer:
     def __init__(
         self,
         settings: FanoutSettings,
-        hub: ReadinessPort,
-        groups: GroupsPort | None = None,
+        hub: Hub,
+        subscriptions: Subscriptions,
         *,
         verifier: TokenVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
-        self.groups = groups
+        self.subscriptions = subscriptions
         self.verifier = verifier or TokenVerifier(settings.common.jwt)
         self.sessions: set[Session] = set()
         self.draining = False
@@ -121,9 +124,8 @@ class FanoutServer:
         count = len(self.sessions)
         log.info("draining", connections=count, timeout_s=timeout)
         for session in self.sessions:
-            session.closing = True
-            session.close_reason = "service restart"
-        self._server.close(code=CLOSE_SERVICE_RESTART, reason="service restart")
+            session.mark_closing("service restart")
+        self._server.close(code=CloseCode.SERVICE_RESTART, reason="service restart")
         try:
             async with asyncio.timeout(max(0.1, timeout - 0.5)):
                 await self._server.wait_closed()
@@ -229,11 +231,9 @@ class FanoutServer:
     async def _handler(self, conn: ServerConnection) -> None:
         admission = conn.admission if isinstance(conn, NodeConnection) else None
         if admission is None:  # cannot happen: process_request admits every upgrade
-            await conn.close(1011, "not admitted")
+            await conn.close(CloseCode.INTERNAL_ERROR, "not admitted")
             return
-        session = Session(
-            conn, admission.db, admission.claims, self.hub, self.settings, self.groups
-        )
+        session = Session(conn, admission.db, admission.claims, self.subscriptions, self.settings)
         self.sessions.add(session)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_TOTAL.labels("accepted").inc()

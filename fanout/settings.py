@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonSettings, ConfigError, _Env, load_common
+from common.config import CommonSettings, ConfigError, Env, load_common
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class FanoutSettings:
         return int(self.bind.rpartition(":")[2])
 
 
-def _optional_seconds(e: _Env, name: str, default: float) -> float | None:
+def _optional_seconds(e: Env, name: str, default: float) -> float | None:
     """A keepalive setting where 0 means off."""
     value = e.float(name, default)
     return value or None
@@ -53,12 +53,9 @@ def _optional_seconds(e: _Env, name: str, default: float) -> float | None:
 
 def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
     env = os.environ if env is None else env
-    e = _Env(env)
+    e = Env(env)
     common = load_common(env)
-    bind = e.str("FANOUT_BIND", "0.0.0.0:8080")
-    _host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"FANOUT_BIND={bind!r} must be host:port (e.g. 0.0.0.0:8080)")
+    bind = e.bind("FANOUT_BIND", "0.0.0.0:8080")
     compression = e.str("FANOUT_COMPRESSION", "none").lower()
     if compression not in ("none", "off", "deflate"):
         raise ConfigError(

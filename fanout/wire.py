@@ -1,49 +1,122 @@
-"""Writing frames to many client connections at once: the hot path of live delivery."""
+"""The one write path: every frame this node sends a client leaves through this module.
+
+- :class:`Member` is what the hub and the consumer groups may use of a client connection. They
+  never see the connection, its transport or the session's fields.
+- :class:`Outlet` is the write side of one websockets connection, the only code that touches
+  its transport.
+- :func:`deliver` writes one frame to many members: the hot path of live delivery.
+
+A server frame is unmasked, so without extensions its bytes are identical for every client:
+:class:`Frame` encodes the WebSocket header once and each outlet writes the same bytes straight
+to its transport (bench/fanout_bare.py: ~1.3x the deliveries/s of ``websockets.broadcast``,
+which builds a frame per connection). A connection with an extension (permessage-deflate) or
+in the middle of a fragmented send goes through ``broadcast`` instead. Safe because websockets
+flushes every frame it builds to the transport synchronously, so nothing of its own can be
+pending in between.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Protocol
 
-from websockets.asyncio.server import broadcast
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
+_OPEN = State.OPEN
 
-def broadcast_text(conns: Iterable[Any], payload: bytes) -> int:
-    """Write one JSON text message to many connections, encoding the WebSocket frame once.
 
-    ``websockets.broadcast`` builds and serializes a frame per connection; a server frame is
-    unmasked, so without extensions the bytes are identical for every client and can be written
-    straight to each transport (bench/fanout_bare.py: ~1.3x the deliveries/s of ``broadcast``
-    per core). Connections with an extension (permessage-deflate) or in the middle of a
-    fragmented send go through ``broadcast``. Safe because websockets flushes every frame it
-    builds to the transport synchronously, so nothing of its own can be pending in between.
-    Returns the number of connections written to.
-    """
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 65536:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    wire = header + payload
-    other: list[Any] = []
-    written = 0
-    open_state = State.OPEN
-    for conn in conns:
+class Frame:
+    """One JSON text message, with its WebSocket frame built once for all recipients."""
+
+    __slots__ = ("payload", "wire")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        n = len(payload)
+        if n < 126:
+            header = bytes((0x81, n))
+        elif n < 65536:
+            header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+        else:
+            header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+        self.wire = header + payload
+
+
+class Member(Protocol):
+    """A client connection as the hub and the groups see it."""
+
+    @property
+    def closing(self) -> bool:
+        """The connection is being closed: give it nothing more."""
+        ...
+
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet sent to the client (its send buffer)."""
+        ...
+
+    def write_frame(self, frame: Frame) -> bool:
+        """Write without waiting (the broadcast path); False if the connection is not open."""
+        ...
+
+    async def send_frame(self, payload: bytes) -> None:
+        """Send and wait for the buffer to drain (replay: a slow client slows its own replay)."""
+        ...
+
+    def refund_token(self) -> None:
+        """Give back one message of the client's rate limit (a valid ACK)."""
+        ...
+
+    def overflowed(self) -> None:
+        """Its send buffer is over the cap: close it as a slow consumer."""
+        ...
+
+
+class Outlet:
+    """The write side of one websockets connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self.conn = conn
+
+    def buffered(self) -> int:
+        transport = self.conn.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def write(self, frame: Frame) -> bool:
+        conn = self.conn
         protocol = conn.protocol
-        if protocol.state is not open_state:
-            continue
+        if protocol.state is not _OPEN:
+            return False
         if protocol.extensions or conn.send_in_progress is not None:
-            other.append(conn)
-            continue
+            broadcast([conn], frame.payload, text=True)
+            return True
         transport = conn.transport
         if transport.is_closing():
-            continue
-        transport.write(wire)
-        written += 1
-    if other:
-        broadcast(other, payload, text=True)
-        written += len(other)
-    return written
+            return False
+        transport.write(frame.wire)
+        return True
+
+    async def send(self, payload: bytes) -> None:
+        await self.conn.send(payload, text=True)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (a close that cannot finish)."""
+        self.conn.transport.abort()
+
+
+def deliver(members: Iterable[Member], frame: Frame, limit: int) -> tuple[int, list[Member]]:
+    """Write ``frame`` to every member whose send buffer is within ``limit``.
+
+    Returns (connections written to, members over the limit). The caller closes the latter as
+    slow consumers; skipping them loses nothing (they resume from their lastId) and keeps the
+    node's memory bounded."""
+    written = 0
+    slow: list[Member] = []
+    for member in members:
+        if member.buffered_bytes() > limit:
+            slow.append(member)
+        elif member.write_frame(frame):
+            written += 1
+    return written, slow

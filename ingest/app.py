@@ -11,7 +11,6 @@ line, no dict building, the answer is concatenated bytes, metric children are bo
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -20,10 +19,12 @@ import msgspec
 import redis
 
 from common.auth import AuthError, TokenVerifier, bearer_token
+from common.errors import HTTPRefusal, code_for, error_json
 from common.logs import get_logger
 from common.messages import MessageError, decode_webhook
+from common.ratelimit import KeyedRateLimiter
 from ingest import metrics
-from ingest.ratelimit import RateLimiter, sender_address
+from ingest.sender import sender_address
 from ingest.settings import IngestSettings
 from ingest.store import EventStore, ReplicationTimeout
 
@@ -34,23 +35,16 @@ _AUTH_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vski-realtime"'}
 _RETRY = {"Retry-After": "1"}
 
 
-class HTTPJsonError(Exception):
-    """A refusal: status, machine-readable code, human sentence, extra headers."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
 def _answer(resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
     resp.status = status
     resp.content_type = _JSON
     resp.data = _json.encode(body)
+
+
+def _refuse(resp: falcon.Response, status: int, code: str, message: str) -> None:
+    resp.status = status
+    resp.content_type = _JSON
+    resp.data = error_json(code, message)
 
 
 class WebhookResource:
@@ -59,21 +53,21 @@ class WebhookResource:
         settings: IngestSettings,
         store: EventStore,
         verifier: TokenVerifier | None,
-        limiter: RateLimiter,
+        limiter: KeyedRateLimiter,
     ) -> None:
         self.settings = settings
         self.max_body = settings.max_body_bytes
         self.store = store
         self.verifier = verifier
-        self.limiter = limiter if limiter.rate > 0 else None
+        self.limiter = limiter if limiter.enabled else None
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         try:
             event_id, duplicate = self._handle(req)
-        except HTTPJsonError as exc:
+        except HTTPRefusal as exc:
             resp.set_headers(exc.headers)
-            _answer(resp, exc.status, {"error": exc.code, "message": exc.message})
+            _refuse(resp, exc.status, exc.code, exc.message)
             metrics.outcome(exc.code).inc()
         else:
             resp.content_type = _JSON
@@ -87,7 +81,7 @@ class WebhookResource:
                 req.remote_addr, req.get_header("X-Forwarded-For"), self.settings.trusted_proxies
             )
         ):
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 429,
                 "rate_limited",
                 "too many webhooks from this sender: retry later",
@@ -97,18 +91,18 @@ class WebhookResource:
             try:
                 self.verifier.verify(bearer_token(req.get_header("Authorization")))
             except AuthError as exc:
-                raise HTTPJsonError(401, exc.code, exc.message, _AUTH_CHALLENGE) from None
+                raise HTTPRefusal(401, exc.code, exc.message, _AUTH_CHALLENGE) from None
         body = self._read_body(req)
         try:
             hook = decode_webhook(body)
         except MessageError as exc:
-            raise HTTPJsonError(exc.status, exc.code, exc.message) from None
+            raise HTTPRefusal(exc.status, exc.code, exc.message) from None
         try:
             result = self.store.append(hook)
         except ReplicationTimeout as exc:
             metrics.REPLICATION_TIMEOUTS.inc()
             log.warning("replication_timeout", detail=str(exc))
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 503,
                 "replication_timeout",
                 f"{exc}; the sender should retry (a retry is deduplicated)",
@@ -117,7 +111,7 @@ class WebhookResource:
         except (redis.RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.inc()
             log.warning("redis_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 503,
                 "redis_unavailable",
                 "the event store (Redis) is unavailable and the event was not confirmed; retry "
@@ -131,7 +125,7 @@ class WebhookResource:
         limit = self.max_body
         length = req.content_length  # a malformed header raises HTTPInvalidHeader -> 400
         if length is not None and length > limit:
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 413,
                 "payload_too_large",
                 f"webhook body is {length} bytes; the limit is {limit} (INGEST_MAX_BODY_BYTES)",
@@ -142,7 +136,7 @@ class WebhookResource:
             and ctype.partition(";")[0].strip().lower() != "application/json"
         ):
             shown = (ctype or "").partition(";")[0].strip()[:60] or "none"
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 415,
                 "unsupported_media_type",
                 f"Content-Type must be application/json, got {shown!r}",
@@ -154,13 +148,13 @@ class WebhookResource:
             # (wsgi.input_terminated), Falcon's bounded_stream would read nothing.
             body = req.stream.read(limit + 1)
         except OSError:  # the sender stalled past INGEST_TIMEOUT (gthread socket timeout)
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 408,
                 "request_timeout",
                 "the webhook body did not arrive in time (INGEST_TIMEOUT); nothing was stored",
             ) from None
         if len(body) > limit:
-            raise HTTPJsonError(
+            raise HTTPRefusal(
                 413,
                 "payload_too_large",
                 f"webhook body exceeds {limit} bytes (INGEST_MAX_BODY_BYTES)",
@@ -199,14 +193,7 @@ class MetricsResource:
 
 
 def _not_found(req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-    _answer(
-        resp,
-        404,
-        {"error": "not_found", "message": f"no such endpoint: {req.path[:100]}; use POST /webhook"},
-    )
-
-
-_NON_WORD = re.compile(r"[^a-z0-9]+")
+    _refuse(resp, 404, "not_found", f"no such endpoint: {req.path[:100]}; use POST /webhook")
 
 
 def _error_handler(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
@@ -214,14 +201,13 @@ def _error_handler(req: falcon.Request, resp: falcon.Response, ex: Exception, pa
     an unexpected error is logged with its traceback but never shown to the sender."""
     if isinstance(ex, falcon.HTTPError):
         phrase = str(ex.status).partition(" ")[2] or str(ex.title)
-        code = _NON_WORD.sub("_", phrase.lower()).strip("_") or "error"
         message = ex.description or ex.title or phrase
-        _answer(resp, int(ex.status_code), {"error": code, "message": str(message)})
+        _refuse(resp, int(ex.status_code), code_for(phrase), str(message))
         if ex.headers:
             resp.set_headers(ex.headers)
         return
     log.exception("unhandled_error", path=req.path[:100])
-    _answer(resp, 500, {"error": "internal_error", "message": "internal error; it was logged"})
+    _refuse(resp, 500, "internal_error", "internal error; it was logged")
 
 
 def create_app(
@@ -229,7 +215,7 @@ def create_app(
 ) -> falcon.App[falcon.Request, falcon.Response]:
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
-    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    limiter = KeyedRateLimiter(settings.rate_limit, settings.rate_burst)
     app.add_route("/webhook", WebhookResource(settings, store, verifier, limiter))
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadyResource(store))

@@ -7,15 +7,14 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from typing import Any
 
-import msgspec
 from gunicorn import util as _gunicorn_util
 
 from common.config import ConfigError
+from common.errors import code_for, error_json
 from common.logs import get_logger, setup_logging
 from ingest.settings import load_ingest
 
@@ -57,8 +56,7 @@ else:
 def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn refuses malformed HTTP (bad request line, bad Content-Length, oversized headers)
     before the app runs; answer those in the same JSON shape as the app, not gunicorn's HTML."""
-    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
-    body = msgspec.json.encode({"error": code, "message": f"malformed HTTP request: {mesg}"[:300]})
+    body = error_json(code_for(reason, "bad_request"), f"malformed HTTP request: {mesg}"[:300])
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonSettings, ConfigError, _Env, load_common
+from common.config import CommonSettings, ConfigError, Env, load_common
 
 WORKER_CLASSES = ("sync", "gthread")
 
@@ -35,16 +35,10 @@ class IngestSettings:
 def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
     """Read and check every ``INGEST_*`` setting; raise ConfigError naming the variable."""
     env = os.environ if env is None else env
-    e = _Env(env)
+    e = Env(env)
     require_auth = e.bool("INGEST_REQUIRE_AUTH", True)
     common = load_common(env, require_secret=require_auth)
-    bind = e.str("INGEST_BIND", "0.0.0.0:8000")
-    if not bind.startswith("unix:"):
-        _host, sep, port = bind.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"INGEST_BIND={bind!r} must be host:port (e.g. 0.0.0.0:8000) or unix:/path"
-            )
+    bind = e.bind("INGEST_BIND", "0.0.0.0:8000", unix=True)
     worker_class = e.str("INGEST_WORKER_CLASS", "sync").lower()
     if worker_class not in WORKER_CLASSES:
         raise ConfigError(

@@ -18,18 +18,17 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
 from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 
 from common.config import RetentionSettings
-from common.keys import collection_keys
+from common.layout import collection_keys
 from common.messages import Webhook
+from common.scripts import load_lua
 
-APPEND_LUA = resources.files("ingest").joinpath("append.lua").read_text()
-APPEND_SHA = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
+APPEND = load_lua("ingest", "append")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +159,14 @@ class EventStore:
     def _evalsha(self, argv: tuple[Any, ...]) -> Any:
         call = self._direct or self.client.execute_command
         try:
-            return call("EVALSHA", APPEND_SHA, 4, *argv)
+            return call("EVALSHA", APPEND.sha, 4, *argv)
         except NoScriptError:
             # first use on this server, or Redis restarted and lost its script cache
             if self._direct is not None:
-                self._direct("SCRIPT", "LOAD", APPEND_LUA)
+                self._direct("SCRIPT", "LOAD", APPEND.text)
             else:
-                self.client.script_load(APPEND_LUA)  # cluster: loads on every primary
-            return call("EVALSHA", APPEND_SHA, 4, *argv)
+                self.client.script_load(APPEND.text)  # cluster: loads on every primary
+            return call("EVALSHA", APPEND.sha, 4, *argv)
 
     def _append_and_wait(self, stream_key: str, argv: tuple[Any, ...]) -> tuple[Any, int]:
         """EVALSHA + WAIT on one connection. A duplicate waits too: its event may have been
@@ -195,11 +194,11 @@ class EventStore:
     def _pipeline_once(self, target: Any, argv: tuple[Any, ...]) -> tuple[Any, int]:
         for attempt in (1, 2):
             pipe = target.pipeline(transaction=False)
-            pipe.evalsha(APPEND_SHA, 4, *argv)
+            pipe.evalsha(APPEND.sha, 4, *argv)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             result, acked = pipe.execute(raise_on_error=False)
             if isinstance(result, NoScriptError) and attempt == 1:
-                target.script_load(APPEND_LUA)
+                target.script_load(APPEND.text)
                 continue
             for item in (result, acked):
                 if isinstance(item, Exception):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from common.keys import collection_keys
+from common.layout import collection_keys
 from tests.support.procs import Proc, fanout_proc, ingest_proc, wait_until
 from tests.support.redis_cluster import (
     RedisClusterFixture,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from common.keys import collection_keys
+from common.layout import collection_keys
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_cluster import ClusterNode, RedisClusterFixture, WebhookLoad, key_slot
 from tests.support.tokens import make_token

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from common.events import parse_notification
-from common.keys import collection_keys
+from common.layout import collection_keys, parse_notification
 from tests.support.procs import Proc, ingest_proc, wait_until
 from tests.support.redis_cluster import (
     RedisClusterFixture,

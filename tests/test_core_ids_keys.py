@@ -4,8 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.ids import EventId, InvalidEventId, StreamState, is_recoverable
-from common.keys import InvalidName, check_name, collection_keys, parse_channel
+from common.layout import (
+    EventId,
+    InvalidEventId,
+    InvalidName,
+    check_name,
+    collection_keys,
+    parse_channel,
+)
 
 
 def test_event_id_roundtrip() -> None:
@@ -27,18 +33,6 @@ def test_event_id_rejects_foreign_ids(bad: str) -> None:
 def test_event_id_parse_format_inverse(ms: int, seq: int, epoch: str) -> None:
     eid = EventId(ms, seq, epoch)
     assert EventId.parse(str(eid)) == eid
-
-
-def test_recovery_rule() -> None:
-    last = EventId(1000, 10, "e1")
-    live = StreamState(epoch="e1", last_seq=15)
-    assert is_recoverable(last, live, 11)
-    assert not is_recoverable(last, live, 12), "a gap (trimmed events) is not recovered"
-    assert not is_recoverable(last, StreamState("e2", 15), 11), "other epoch: Redis lost data"
-    assert not is_recoverable(last, StreamState(None, 0), None), "collection unknown to Redis"
-    assert not is_recoverable(last, StreamState("e1", 9), None), "client ahead of Redis"
-    assert is_recoverable(last, StreamState("e1", 10), None), "nothing new"
-    assert not is_recoverable(last, StreamState("e1", 15), None), "newer events all expired"
 
 
 def test_keys_share_one_hash_tag_per_collection() -> None:

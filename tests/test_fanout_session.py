@@ -310,12 +310,16 @@ async def test_compression_is_off_by_default_and_allowed_by_setting(
         proc.stop()
 
 
-async def test_broadcast_text_encodes_once_and_matches_websockets_framing() -> None:
-    """The prebuilt-frame broadcast must be byte-compatible with a real client, for every
-    length encoding, and fall back to websockets for deflate connections."""
+async def test_prebuilt_frame_matches_websockets_framing() -> None:
+    """The frame encoded once for all recipients must be byte-compatible with a real client,
+    for every length encoding, and fall back to websockets for deflate connections."""
     from websockets.asyncio.server import ServerConnection, serve
 
-    from fanout.wire import broadcast_text
+    from fanout.wire import Frame, Outlet
+
+    def broadcast_text(conns: list[ServerConnection], payload: bytes) -> int:
+        frame = Frame(payload)
+        return sum(Outlet(conn).write(frame) for conn in conns)
 
     conns: list[ServerConnection] = []
     done = asyncio.Event()

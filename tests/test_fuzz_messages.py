@@ -16,9 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.events import BadNotification, parse_notification
-from common.ids import EventId, InvalidEventId
-from common.keys import check_name
+from common.layout import BadNotification, EventId, InvalidEventId, check_name, parse_notification
 from common.messages import (
     Ack,
     MessageError,

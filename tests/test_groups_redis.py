@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from common.keys import collection_keys
+from common.layout import collection_keys
 from fanout.groups_redis import GroupRedis, is_nogroup
 from tests.support.redis_cluster import RedisClusterFixture
 from tests.support.redis_server import RedisServer

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ingest.ratelimit import sender_address
+from ingest.sender import sender_address
 
 PROXY = frozenset({"10.0.0.9", "10.0.0.8"})
 
