@@ -1,4 +1,4 @@
-"""Render the README's reliability table from the rows the reliability/abuse suite wrote.
+"""Render the reliability table of docs/reliability.md from the rows the reliability suite wrote.
 
 Each case of ``tests/test_reliability_*.py``, ``tests/test_abuse_*.py`` and
 ``tests/test_fuzz_*.py`` writes one JSON row (``tests/support/chaos.py: reported``) into
@@ -7,9 +7,12 @@ clients, how many events were lost or duplicated, and the result. Run the suite,
 
     .venv/bin/pytest tests/test_reliability_*.py tests/test_abuse_*.py tests/test_fuzz_*.py
     .venv/bin/python bench/reliability_report.py            # markdown table on stdout
+    .venv/bin/python bench/reliability_report.py --write    # ... into docs/reliability.md
 
 ``--since-minutes N`` ignores rows older than N minutes (from an earlier run); ``--json`` prints
-the rows instead. Exit status 1 if any row failed (a "known bug" row is an expected failure).
+the rows instead; ``--write [PATH]`` replaces the table between the ``reliability-table`` marker
+comments of ``docs/reliability.md`` (or PATH) instead of printing it. Exit status 1 if any row
+failed (a "known bug" row is an expected failure).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "reliability.md"
+START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
 AREAS = {"fault": "fault", "soak": "soak", "hostile": "hostile input"}
 
 
@@ -111,6 +116,15 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def splice(page: str, table: str) -> str:
+    """``page`` with the text between the START and END marker lines replaced by ``table``."""
+    start, end = page.find(START + "\n"), page.find("\n" + END)
+    if start == -1 or end == -1 or end < start or page.count(START) + page.count(END) != 2:
+        raise ValueError(f"the page must hold one {START} line and, after it, one {END} line")
+    head = page[: start + len(START) + 1]
+    return head + table.rstrip("\n") + page[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -120,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--since-minutes", type=float, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        nargs="?",
+        const=PAGE,
+        default=None,
+        metavar="PATH",
+        help=f"write the table into PATH between its markers (default {PAGE.relative_to(ROOT)})",
+    )
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         print(f"no results in {args.dir}: run the reliability suite first", file=sys.stderr)
@@ -128,7 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no result rows in {args.dir}", file=sys.stderr)
         return 2
-    print(json.dumps(rows, indent=1) if args.json else render(rows))
+    if args.write is not None:
+        try:
+            page = args.write.read_text()
+            args.write.write_text(splice(page, render(rows)))
+        except (OSError, ValueError) as exc:
+            print(f"cannot write {args.write}: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(rows)} rows into {args.write}", file=sys.stderr)
+    else:
+        print(json.dumps(rows, indent=1) if args.json else render(rows))
     return 1 if any(r.get("result") == "FAIL" for r in rows) else 0
 
 

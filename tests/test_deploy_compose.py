@@ -1,8 +1,9 @@
 """deploy/compose checked against the code (no Docker engine here, so the files are read).
 
-Every variable the services set is one the code reads and the README documents; every variable
-the code reads is documented; ports agree between binds, EXPOSE, health checks and nginx; the
-exact health-check commands of the Dockerfile and compose succeed against the real tiers.
+Every variable the services set is one the code reads and docs/configuration.md documents; every
+variable the code reads is documented there; ports agree between binds, EXPOSE, health checks and
+nginx; the exact health-check commands of the Dockerfile and compose succeed against the real
+tiers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is a test extra (pip install -
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
 CODE_DIRS = ("common", "ingest", "fanout", "devstack")
 ENV_NAME = re.compile(r"[\"']([A-Z][A-Z0-9]*_[A-Z0-9_]+)[\"']")
 # upper-case string literals in the code that are not environment variables
@@ -39,13 +41,13 @@ def code_env_vars() -> set[str]:
     return names - NOT_ENV
 
 
-def readme_section(heading: str) -> str:
-    """The README text under ``## <heading>`` up to the next ``## `` heading."""
-    text = (ROOT / "README.md").read_text()
-    start = text.find(f"\n## {heading}\n")
-    assert start != -1, f"README.md lost its '## {heading}' section"
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
+def documented_vars() -> set[str]:
+    """The variable names the configuration reference (docs/configuration.md, the whole page)
+    names in backticks, such as `REDIS_URL`."""
+    assert CONFIG_DOC.exists(), "docs/configuration.md (the configuration reference) is missing"
+    text = CONFIG_DOC.read_text()
+    assert text.startswith("# Configuration\n"), "docs/configuration.md lost its title"
+    return set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`", text))
 
 
 def load(name: str) -> dict[str, Any]:
@@ -82,18 +84,18 @@ def service_env(svc: dict[str, Any]) -> dict[str, str]:
 
 def test_every_variable_the_services_set_is_read_by_the_code_and_documented() -> None:
     read = code_env_vars()
-    docs = readme_section("Configuration")
+    docs = documented_vars()
     for file in ("compose.yaml", "compose.cluster.yaml"):
         for name, svc in load(file)["services"].items():
             for var in service_env(svc):
                 assert var in read, f"{file}: {name} sets {var}, which no code reads"
-                assert f"`{var}`" in docs, f"{var} ({file}: {name}) is not in README configuration"
+                assert var in docs, f"{var} ({file}: {name}) is not in docs/configuration.md"
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
-    docs = readme_section("Configuration")
-    missing = sorted(v for v in code_env_vars() if f"`{v}`" not in docs)
-    assert missing == [], f"README configuration does not document: {missing}"
+    docs = documented_vars()
+    missing = sorted(v for v in code_env_vars() if v not in docs)
+    assert missing == [], f"docs/configuration.md does not document: {missing}"
 
 
 def test_tiers_get_what_they_require() -> None:
