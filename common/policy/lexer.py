@@ -8,6 +8,7 @@ operand may appear) is the parser's and the compiler's job.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -131,10 +132,14 @@ def _operator(src: str, start: int) -> tuple[Token, int]:
 
 
 def tokenize(src: str) -> list[Token]:
-    """Split a rule into tokens, ending with an ``eof`` token; raise RuleError on bad input."""
+    """All tokens of a rule, ending with an ``eof`` token; raise RuleError on bad input."""
+    return list(iter_tokens(src))
+
+
+def iter_tokens(src: str) -> Iterator[Token]:
+    """Tokens one by one, so the parser reports the first problem in reading order."""
     if len(src) > MAX_RULE_CHARS:
         raise RuleError(f"rule is {len(src)} characters long; the limit is {MAX_RULE_CHARS}", 0)
-    out: list[Token] = []
     i, n = 0, len(src)
     while i < n:
         c = src[i]
@@ -144,23 +149,23 @@ def tokenize(src: str) -> list[Token]:
             nl = src.find("\n", i)
             i = n if nl < 0 else nl + 1
         elif c in "()":
-            out.append(Token(c, c, i))
+            yield Token(c, c, i)
             i += 1
         elif c in "'\"":
             tok, i = _string(src, i)
-            out.append(tok)
+            yield tok
         elif (c.isascii() and c.isdigit()) or c == "-":
             tok, i = _number(src, i)
-            out.append(tok)
+            yield tok
         elif c in _OP_CHARS:
             tok, i = _operator(src, i)
-            out.append(tok)
+            yield tok
         elif c == "@" or _is_ident_start(c):
             first = i + 1 if c == "@" else i
             if first >= n or not _is_ident_start(src[first]):
                 raise RuleError("'@' must be followed by a name such as @request.auth.id", i)
             j = _path(src, first)
-            out.append(Token("macro" if c == "@" else "ident", src[i:j], i))
+            yield Token("macro" if c == "@" else "ident", src[i:j], i)
             i = j
             if i < n and src[i] == ":":
                 m = _ident_end(src, i + 1)
@@ -168,8 +173,7 @@ def tokenize(src: str) -> list[Token]:
                 raise RuleError(f"modifier {mod!r} is not supported: {_PROXY_HINT}", i)
         else:
             raise RuleError(f"unexpected character {c!r}", i)
-    out.append(Token("eof", "", n))
-    return out
+    yield Token("eof", "", n)
 
 
 PROXY_HINT: Final = _PROXY_HINT

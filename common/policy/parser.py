@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 from common.policy.errors import RuleError
-from common.policy.lexer import PROXY_HINT, Token, tokenize
+from common.policy.lexer import PROXY_HINT, Token, iter_tokens
 from common.policy.nodes import And, Compare, Const, Field, Input, Node, Now, Operand, Or
 
 MAX_DEPTH: Final = 32
@@ -84,16 +84,17 @@ def _check_segment(segment: str, offset: int) -> None:
 
 class _Parser:
     def __init__(self, src: str) -> None:
-        self.toks = tokenize(src)
-        self.pos = 0
+        self.toks = iter_tokens(src)
+        self.cur = next(self.toks)
         self.depth = 0
 
     def peek(self) -> Token:
-        return self.toks[self.pos]
+        return self.cur
 
     def take(self) -> Token:
-        tok = self.toks[self.pos]
-        self.pos += 1
+        tok = self.cur
+        if tok.kind != "eof":
+            self.cur = next(self.toks)
         return tok
 
     def parse(self) -> Node:
