@@ -200,3 +200,14 @@ def test_webhooks_networks() -> None:
         assert not policy.source_allowed(bad), bad
     assert parse_policy("version = 1\n", "p").source_allowed("anything")
     assert parse_policy(base + "sender = ''\n", "p").source_allowed("junk")
+
+
+def test_docs_examples_parse() -> None:
+    text = (ROOT / "docs" / "policy.md").read_text()
+    blocks = text.split("```toml\n")[1:]
+    assert len(blocks) >= 2
+    for block in blocks:
+        body = block.split("```", 1)[0]
+        source = body if body.lstrip().startswith("version") else "version = 1\n" + body
+        policy = parse_policy(source, "docs/policy.md")
+        assert policy.collections
