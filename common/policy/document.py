@@ -109,9 +109,9 @@ class _Loader:
     # --- sections -----------------------------------------------------------------------
 
     def load(self, data: dict[str, Any]) -> Policy:
+        self.table(data, (), _TOP)
         if "version" not in data:
             self.fail((1, 1), "version = 1 is missing: a policy file starts with version = 1")
-        self.table(data, (), _TOP)
         version = data["version"]
         if type(version) is not int or version != 1:
             self.at_value(("version",), f"version must be 1, not {version!r}")

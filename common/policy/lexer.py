@@ -89,7 +89,8 @@ def _string(src: str, start: int) -> tuple[Token, int]:
                 pattern.append("\\\\")
             else:  # kept as written: a backslash only escapes the quote and itself
                 value.append("\\" + nxt)
-                pattern.append("\\" + nxt)
+                # for ~, \% and \_ are a literal % and _; any other backslash is itself
+                pattern.append(("\\" if nxt in "%_" else "\\\\") + nxt)
             i += 2
             continue
         value.append(c)

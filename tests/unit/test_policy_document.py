@@ -75,6 +75,7 @@ def test_version() -> None:
 
 def test_unknown_keys_with_suggestions() -> None:
     assert at("version = 1\nfoo = 2\n")[:2] == (2, 1)
+    assert "did you mean 'version'" in at("versoin = 1\n")[2]
     text = (
         'version = 1\n[[collection]]\nname = "a"\n\n[[collection]]\nname = "b"\n  subscibe = ""\n'
     )

@@ -92,6 +92,9 @@ def test_contains_and_like_literals() -> None:
     assert ev("title ~ 'hello%'", rec) and not ev("title ~ 'world%'", rec)
     assert ev("title ~ '%world'", rec) and ev("title ~ 'h_llo%'", rec)
     assert ev("pct ~ '0\\%'", rec) and not ev("title ~ 'o\\%w'", rec)
+    assert ev("p ~ 'a\\b'", {"p": "xa\\by"}) and not ev("p ~ 'a\\b'", {"p": "ab"})
+    assert ev("p ~ '%a\\b%'", {"p": "xa\\by"}) and ev("p ~ '%a\\\\b'", {"p": "xa\\b"})
+    assert ev("p ~ '%\\%'", {"p": "50%"}) and not ev("p ~ '%\\%'", {"p": "50"})
     assert ev("u ~ 'a_b'", rec) and not ev("title ~ 'l_o'", rec)  # no % → _ is literal
     assert not ev("n ~ '1'", {"n": 12}) and not ev("n !~ '1'", {"n": 12})
     assert not ev("missing !~ 'x'", {})
