@@ -35,6 +35,15 @@ class Filter:
     def __repr__(self) -> str:
         return f"Filter({self.label!r}, {self.rule.source!r})"
 
+    @property
+    def reads_inputs(self) -> bool:
+        """Does the filter read any claim or @sub value (else: one View for everyone)?"""
+        return self.rule.reads_inputs
+
+    @property
+    def reads_now(self) -> bool:
+        return self.rule.reads_now
+
     def inputs_for(self, claims_payload: Any, sub_vars: Mapping[str, Any] | None) -> Inputs:
         """The input tuple of a subscriber, in :attr:`Rule.refs` order."""
         out: list[Any] = []

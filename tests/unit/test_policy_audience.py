@@ -240,3 +240,11 @@ def test_every_matching_view_is_returned() -> None:
     got = audience.match({"team": "t", "level": 3, "a": "u1"}, "create")
     assert {v for v in got if v.filter is flt2} == {views2[0]}  # y is not read: one View
     assert audience.match({"team": "t", "level": 1, "a": "u1"}, "create") & set(views2) == set()
+
+
+def test_filter_flags() -> None:
+    f1 = Filter(compile_rule("a = 1", kind="filter"), CLAIMS)
+    f2 = Filter(compile_rule("a = @request.auth.x && b < @now", kind="filter"), CLAIMS)
+    assert not f1.reads_inputs and not f1.reads_now
+    assert f2.reads_inputs and f2.reads_now and f2.plan.reads_now
+    assert f1.view({"x": 1}) == f1.view({"x": 2}) and f2.view({"x": 1}) != f2.view({"x": 2})

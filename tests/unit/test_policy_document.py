@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.policy import Policy, PolicyError, load_policy, parse_policy
 from common.policy.view import View
@@ -212,3 +215,29 @@ def test_docs_examples_parse() -> None:
         source = body if body.lstrip().startswith("version") else "version = 1\n" + body
         policy = parse_policy(source, "docs/policy.md")
         assert policy.collections
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=80))
+def test_fuzz_files_raise_only_policy_errors(text: str) -> None:
+    try:
+        parse_policy(text, "p")
+    except PolicyError as exc:
+        assert 1 <= exc.line <= text.count("\n") + 1 and exc.col >= 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(["subscribe", "filter", "groups"]),
+       st.booleans())  # fmt: skip
+def test_fuzz_rules_in_a_file(rule: str, key: str, literal: bool) -> None:
+    if literal and "'" not in rule and "\n" not in rule and "\r" not in rule:
+        quoted = f"'{rule}'"
+    else:
+        quoted = json.dumps(rule, ensure_ascii=False)
+    text = f"version = 1\n[[collection]]\nname = 'a'\n{key} = {quoted}\n"
+    try:
+        parse_policy(text, "p")
+    except PolicyError as exc:
+        assert 1 <= exc.line <= text.count("\n") + 1 and exc.col >= 1
+        if exc.message.startswith(f"{key}: "):  # a rule error: on the rule's line
+            assert exc.line == 4
