@@ -82,7 +82,7 @@ def brute(views: set[View], record: Any, action: str, on_delete: str) -> set[Vie
     return {v for v in views if v.matches(record, action=action, now=NOW)}
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.lists(filters(), min_size=1, max_size=2),
     st.lists(st.tuples(st.integers(0, 2), subscribers()), min_size=2, max_size=12),

@@ -217,7 +217,7 @@ def test_docs_examples_parse() -> None:
         assert policy.collections
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=80))
 def test_fuzz_files_raise_only_policy_errors(text: str) -> None:
     try:
@@ -226,7 +226,7 @@ def test_fuzz_files_raise_only_policy_errors(text: str) -> None:
         assert 1 <= exc.line <= text.count("\n") + 1 and exc.col >= 1
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40), st.sampled_from(["subscribe", "filter", "groups"]),
        st.booleans())  # fmt: skip
 def test_fuzz_rules_in_a_file(rule: str, key: str, literal: bool) -> None:

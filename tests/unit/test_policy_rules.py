@@ -243,13 +243,13 @@ def _only_rule_errors(src: str) -> None:
     r.test({"a": {"b": [1, "x"]}}, tuple("v" for _ in r.refs), "2024-01-01 00:00:00.000Z")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=60))
 def test_fuzz_random_text(src: str) -> None:
     _only_rule_errors(src)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(_ALPHABET, max_size=30).map("".join))
 def test_fuzz_token_soup(src: str) -> None:
     _only_rule_errors(src)
