@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Any, Final, NoReturn, cast
 
-from common.keys import InvalidName, check_name
+from common.layout import InvalidName, check_name
 from common.policy.claims import ClaimMap
 from common.policy.compile import Rule, RuleKind, compile_rule
 from common.policy.errors import PolicyError, RuleError
