@@ -1,7 +1,7 @@
-"""Typed messages of the wire contract (PROTOCOL.md) and the one place that validates them.
+"""Typed messages of the wire contract (docs/protocol.md) and the one place that validates them.
 
 Decoding uses msgspec: JSON parsing and shape validation in one pass, ~3x faster than ``json``
-(PERF-NOTES). Every failure becomes a :class:`MessageError` with a code and a sentence a VSKI
+(measured). Every failure becomes a :class:`MessageError` with a code and a sentence a VSKI
 operator or SDK user understands.
 """
 

@@ -1,6 +1,6 @@
 """What a newcomer runs against the stack: post a sample webhook, listen like the SDK does.
 
-``listen`` speaks exactly the frames of PROTOCOL.md §2, as the VSKI SDK's realtime client does:
+``listen`` speaks exactly the frames of docs/protocol.md, as the VSKI SDK's realtime client does:
 ``SUBSCRIBE`` per collection on open (with ``lastId`` once it has seen an event), ``ACK`` with
 the event's ``ackId`` for group subscriptions, and a reconnect after 3 seconds that resumes from
 the last id, so it also shows recovery across fanout restarts.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import secrets
 from typing import Any
@@ -28,17 +29,31 @@ from redis.backoff import ExponentialBackoff
 from common.errors import ClientError, StoreUnavailable
 from common.layout import CollectionKeys, collection_keys
 from common.logs import get_logger
+from common.policy import View
 from common.redis_conn import async_client
 from fanout import metrics
 from fanout.groups_redis import GroupRedis
 from fanout.groups_worker import REDIS_ERRORS, GroupConfig, GroupWorker
 from fanout.hub import Hub
+from fanout.recipients import OnDelete
 from fanout.settings import FanoutSettings
 from fanout.wire import Member
 
 log = get_logger("fanout.groups")
 
-GroupKey = tuple[str, str, str]  # (database, collection, group)
+GroupKey = tuple[str, str, str]  # (database, collection, Redis group name)
+
+
+def redis_group(group: str, view: View) -> str:
+    """The Redis consumer group of a client's ``group`` for members who see ``view``.
+
+    Members whose filters let them see different events must never share one group's events,
+    so each view has its own Redis group: ``<group>~<digest of the filter and its inputs>``
+    (the same on every node); unfiltered members use ``<group>`` itself."""
+    if view.filter is None:
+        return group
+    digest = hashlib.blake2b(repr((view.filter.rule.source, view.key)).encode(), digest_size=6)
+    return f"{group}~{digest.hexdigest()}"
 
 
 def _group_client(settings: FanoutSettings) -> Any:
@@ -86,24 +101,33 @@ class Groups:
     # ------------------------------------------------------------------ GroupsPort
 
     async def join(
-        self, member: Member, keys: CollectionKeys, group: str, last_id: str | None
+        self,
+        member: Member,
+        keys: CollectionKeys,
+        group: str,
+        last_id: str | None,
+        view: View = View.ALL,
+        on_delete: OnDelete = "filter",
     ) -> str:
         """Join ``group``; a new group starts at the end of the stream (``$``: events from now
         on), or at its oldest retained event when the SUBSCRIBE says ``lastId: "0"``. Returns
         the collection's newest event id, for SUBSCRIBED."""
-        key = (keys.database, keys.collection, group)
-        worker = await self._worker(key, "0" if last_id == "0" else "$")
+        key = (keys.database, keys.collection, redis_group(group, view))
+        start = "0" if last_id == "0" else "$"
+        worker = await self._worker(key, start, view, on_delete)
         try:
             last = await worker.rds.last_id()
         except REDIS_ERRORS:
             raise StoreUnavailable() from None
         if worker.stopped:  # emptied and stopped while we waited: join a fresh one
-            worker = await self._worker(key, "$")
+            worker = await self._worker(key, "$", view, on_delete)
         worker.add(member)
         return last
 
-    async def ack(self, member: Member, keys: CollectionKeys, group: str, ack_id: str) -> None:
-        worker = self.workers.get((keys.database, keys.collection, group))
+    async def ack(
+        self, member: Member, keys: CollectionKeys, group: str, view: View, ack_id: str
+    ) -> None:
+        worker = self.workers.get((keys.database, keys.collection, redis_group(group, view)))
         if worker is None:
             raise ClientError(
                 "invalid_ack",
@@ -111,8 +135,10 @@ class Groups:
             )
         await worker.ack(member, ack_id)
 
-    async def leave(self, member: Member, keys: CollectionKeys, group: str) -> bool:
-        key = (keys.database, keys.collection, group)
+    async def leave(
+        self, member: Member, keys: CollectionKeys, group: str, view: View = View.ALL
+    ) -> bool:
+        key = (keys.database, keys.collection, redis_group(group, view))
         worker = self.workers.get(key)
         if worker is None:
             return False
@@ -124,7 +150,9 @@ class Groups:
 
     # ------------------------------------------------------------------ workers
 
-    async def _worker(self, key: GroupKey, start_id: str) -> GroupWorker:
+    async def _worker(
+        self, key: GroupKey, start_id: str, view: View, on_delete: OnDelete
+    ) -> GroupWorker:
         worker = self.workers.get(key)
         if worker is not None:
             return worker
@@ -134,7 +162,7 @@ class Groups:
         future: asyncio.Future[GroupWorker] = asyncio.get_running_loop().create_future()
         self.starting[key] = future
         try:
-            worker = await self._start_worker(key, start_id)
+            worker = await self._start_worker(key, start_id, view, on_delete)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it through await
@@ -149,7 +177,9 @@ class Groups:
         finally:
             self.starting.pop(key, None)
 
-    async def _start_worker(self, key: GroupKey, start_id: str) -> GroupWorker:
+    async def _start_worker(
+        self, key: GroupKey, start_id: str, view: View, on_delete: OnDelete
+    ) -> GroupWorker:
         db, collection, group = key
         keys = collection_keys(db, collection, self.prefix)
         rds = GroupRedis(self.client, keys, group, self.retention_ms)
@@ -157,6 +187,8 @@ class Groups:
             rds,
             self.config,
             new_consumer=self._new_consumer,
+            view=view,
+            on_delete=on_delete,
             database=db,
             collection=collection,
             group=group,

@@ -24,9 +24,11 @@ import redis
 from common.backoff import Backoff
 from common.logs import get_logger
 from common.messages import group_event_frame
+from common.policy import View
 from fanout import metrics
 from fanout.group_ledger import Entry, GroupLedger, Holder
 from fanout.groups_redis import GroupRedis, is_nogroup
+from fanout.recipients import OnDelete, visible
 from fanout.wire import Frame, Member
 
 log = get_logger("fanout.groups")
@@ -51,6 +53,8 @@ class GroupWorker:
         config: GroupConfig,
         *,
         new_consumer: Callable[[], str],
+        view: View = View.ALL,
+        on_delete: OnDelete = "filter",
         database: str,
         collection: str,
         group: str,
@@ -58,6 +62,9 @@ class GroupWorker:
         self.rds = rds
         self.config = config
         self.new_consumer = new_consumer  # Redis consumer names, unique on this node
+        # what every member of this (Redis) group may see: entries it may not are ACKed unseen
+        self.view = view
+        self.on_delete: OnDelete = on_delete
         self.collection = collection
         self.group = group
         self.ledger = GroupLedger(group, collection, config.max_inflight)
@@ -170,6 +177,9 @@ class GroupWorker:
         # ACKs are not refunded: a flood of them still closes the connection
         member.refund_token()
         self._acks.append(sid)
+        self._schedule_acks()
+
+    def _schedule_acks(self) -> None:
         if self._ack_task is None or self._ack_task.done():
             self._ack_task = asyncio.create_task(self._flush_acks())
 
@@ -268,6 +278,14 @@ class GroupWorker:
                 return
 
     def _send(self, holder: Holder, entries: list[Entry], redelivery: str | None) -> None:
+        if entries and not self.view.is_all:
+            shown = {sid for sid, _ in visible(self.view, self.on_delete, entries)}
+            if len(shown) < len(entries):
+                hidden = [sid for sid, _ in entries if sid not in shown]
+                self._acks.extend(hidden)  # nobody in this group may see them: done for it
+                self._schedule_acks()
+                metrics.GROUP_FILTERED.inc(len(hidden))
+                entries = [e for e in entries if e[0] in shown]
         if not entries:
             return
         events = self.ledger.hand_out(

@@ -38,9 +38,10 @@ from common.layout import (
 )
 from common.logs import get_logger
 from common.messages import event_frame
+from common.policy import View
 from fanout import metrics
 from fanout.cursor import Advance, CollectionCursor, Replay
-from fanout.recipients import Event, Recipients
+from fanout.recipients import Event, OnDelete, Recipients, visible
 from fanout.redis_nodes import Batch, RedisNodes
 from fanout.wire import Member
 
@@ -134,13 +135,21 @@ class Hub:
     # ------------------------------------------------------------------ subscriptions
 
     async def subscribe(
-        self, member: Member, keys: CollectionKeys, last_id: str | None
+        self,
+        member: Member,
+        keys: CollectionKeys,
+        last_id: str | None,
+        view: View = View.ALL,
+        on_delete: OnDelete = "filter",
     ) -> SubscribeOutcome:
-        """Replay what the member missed after ``last_id``, then deliver live."""
+        """Replay what the member missed after ``last_id``, then deliver live: only what
+        ``view`` may see, with the ids of the collection (a filtered member sees gaps in seq;
+        ``recovered`` still says whether anything after its lastId was lost)."""
         stream = await self._track(keys)
+        stream.recipients.on_delete = on_delete
         stream.joining += 1
         try:
-            recovered = await self._replay_and_join(member, stream, last_id)
+            recovered = await self._replay_and_join(member, stream, last_id, view)
         finally:
             stream.joining -= 1
             self._maybe_linger(stream)
@@ -154,13 +163,23 @@ class Hub:
         stream = self.streams.get(keys.channel)
         return stream.cursor.last_id if stream is not None else "0"
 
-    def leave(self, member: Member, keys: CollectionKeys) -> bool:
+    def leave(self, member: Member, keys: CollectionKeys, view: View = View.ALL) -> bool:
         stream = self.streams.get(keys.channel)
-        if stream is None or not stream.recipients.discard(member):
+        if stream is None or not stream.recipients.discard(member, view):
             return False
         metrics.SUBSCRIPTIONS.dec()
         self._maybe_linger(stream)
         return True
+
+    def change_view(
+        self, member: Member, keys: CollectionKeys, old: View, new: View, on_delete: OnDelete
+    ) -> None:
+        """The policy changed (SIGHUP): the member receives what ``new`` lets it see from the
+        next event on."""
+        stream = self.streams.get(keys.channel)
+        if stream is not None and stream.recipients.discard(member, old):
+            stream.recipients.add(member, new)
+            stream.recipients.on_delete = on_delete
 
     async def watch(self, keys: CollectionKeys, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (sync, cheap) whenever new events of the collection arrive; used by
@@ -238,7 +257,9 @@ class Hub:
 
     # ------------------------------------------------------------------ replay, then live
 
-    async def _replay_and_join(self, member: Member, stream: Stream, last_id: str | None) -> bool:
+    async def _replay_and_join(
+        self, member: Member, stream: Stream, last_id: str | None, view: View
+    ) -> bool:
         """Send what the member missed, then add it to the live set. True if recovered."""
         plan = Replay.parse(last_id)
         if plan.after is not None and self.reads_replica:
@@ -248,11 +269,11 @@ class Hub:
         sent = 0
         while (rng := plan.next_range(cursor)) is not None:
             entries = await self._xrange(stream.keys.stream, *rng)
-            events = plan.on_page(cursor, entries)
+            events = visible(view, stream.recipients.on_delete, plan.on_page(cursor, entries))
             if events:
                 await member.send_frame(event_frame(stream.keys.collection, events))
                 sent += len(events)
-        stream.recipients.add(member)  # no await since the last check: no gap, no duplicate
+        stream.recipients.add(member, view)  # no await since the last check: no gap, no dup
         if not plan.live:
             metrics.REPLAY_EVENTS.observe(sent)
         return plan.recovered

@@ -55,3 +55,10 @@ GROUP_ACKS = Counter("vski_fanout_group_acks_total", "ACKs accepted from group m
 GROUP_DESTROYED = Counter(
     "vski_fanout_group_destroyed_total", "Consumer groups destroyed after idling past retention"
 )
+FORBIDDEN = Counter(
+    "vski_fanout_forbidden_total", "SUBSCRIBEs (and subscriptions on a policy reload) refused"
+)
+GROUP_FILTERED = Counter(
+    "vski_fanout_group_filtered_total",
+    "Group events acknowledged unseen: the group's members may not see them",
+)

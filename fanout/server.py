@@ -27,6 +27,7 @@ from common.auth import AuthError, Claims, TokenVerifier, bearer_token
 from common.errors import CloseCode, error_json
 from common.layout import InvalidName, check_name
 from common.logs import get_logger, redact
+from common.policy_source import policy_label
 from fanout import metrics
 from fanout.hub import Hub
 from fanout.session import Session
@@ -215,9 +216,10 @@ class FanoutServer:
             ok, detail = self.hub.readiness()
         except Exception as exc:
             ok, detail = False, f"readiness check failed: {type(exc).__name__}"
+        policy = policy_label(self.subscriptions.policy)
         if ok:
-            return json_response(200, {"status": "ready", "redis": detail or "ok"})
-        return json_response(503, {"status": "not_ready", "redis": detail})
+            return json_response(200, {"status": "ready", "redis": detail, "policy": policy})
+        return json_response(503, {"status": "not_ready", "redis": detail, "policy": policy})
 
     def _metrics(self) -> Response:
         data = generate_latest(REGISTRY)

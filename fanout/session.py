@@ -141,7 +141,7 @@ class Session:
             collection = msg.collection
             if isinstance(msg, Subscribe):
                 outcome = await self.subscriptions.subscribe(
-                    self, self.db, msg.collection, msg.group, msg.lastId
+                    self, self.claims.payload, self.db, msg.collection, msg.group, msg.lastId
                 )
                 await self.send_frame(
                     subscribed_frame(
@@ -155,7 +155,7 @@ class Session:
                 await self.subscriptions.unsubscribe(self, msg.collection, msg.group)
             elif isinstance(msg, Ack) and msg.group is not None:
                 # a plain ACK (no group) is accepted and ignored: clients send it to move lastId
-                await self.subscriptions.ack(self, self.db, msg.collection, msg.group, msg.id)
+                await self.subscriptions.ack(self, msg.collection, msg.group, msg.id)
         except ConnectionClosed:
             raise
         except ServiceError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from common.config import ConfigError
+from common.policy import PolicyError
+from common.policy_source import policy_path, read_policy
 from ingest.settings import load_ingest
 
 
@@ -13,6 +15,11 @@ def main(argv: list[str] | None = None) -> None:
         load_ingest()  # fail fast with a clear message before gunicorn starts
     except ConfigError as exc:
         sys.stderr.write(f"vski-ingest: configuration error: {exc}\n")
+        raise SystemExit(2) from None
+    try:
+        read_policy(policy_path())
+    except PolicyError as exc:
+        sys.stderr.write(f"vski-ingest: policy error: {exc}\n")
         raise SystemExit(2) from None
     from gunicorn.app.wsgiapp import run
 

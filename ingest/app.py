@@ -1,11 +1,15 @@
 """The ingest HTTP app: where VSKI webhooks enter.
 
-``POST /webhook``: rate limit -> bearer JWT -> size -> content type -> JSON + shape -> append in
-Redis -> 200 with the event id. Every refusal is JSON ``{"error": code, "message": sentence}``
-with the status PROTOCOL.md names; a Redis failure is 503 with ``Retry-After`` so VSKI retries,
-and since the append is one atomic script nothing is ever half-stored.
+``POST /webhook``: rate limit -> source network -> bearer JWT -> sender rule -> size -> content
+type -> JSON + shape -> hidden fields removed -> append in Redis -> 200 with the event id. The
+source network and the sender rule are the policy's ``[webhooks]`` (VSKI signs user tokens and
+webhooks with one secret, so a valid token alone does not make a webhook sender).
 
-The success path is kept lean (PERF-NOTES: gunicorn's own cost per request dominates): no log
+Every refusal is JSON ``{"error": code, "message": sentence}`` with the status of the wire
+contract (docs/protocol.md); a Redis failure is 503 with ``Retry-After`` so VSKI retries, and
+since the append is one atomic script nothing is ever half-stored.
+
+The success path is kept lean (gunicorn's own cost per request dominates): no log
 line, no dict building, the answer is concatenated bytes, metric children are bound once.
 """
 
@@ -22,6 +26,8 @@ from common.auth import AuthError, TokenVerifier, bearer_token
 from common.errors import HTTPRefusal, code_for, error_json
 from common.logs import get_logger
 from common.messages import MessageError, decode_webhook
+from common.policy import Policy
+from common.policy_source import policy_label
 from common.ratelimit import KeyedRateLimiter
 from ingest import metrics
 from ingest.sender import sender_address
@@ -54,12 +60,17 @@ class WebhookResource:
         store: EventStore,
         verifier: TokenVerifier | None,
         limiter: KeyedRateLimiter,
+        policy: Policy,
     ) -> None:
         self.settings = settings
         self.max_body = settings.max_body_bytes
         self.store = store
         self.verifier = verifier
         self.limiter = limiter if limiter.enabled else None
+        self.policy = policy
+        webhooks = policy.webhooks
+        self.check_source = webhooks is not None and bool(webhooks.networks)
+        self.check_sender = not policy.sender_is_open
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
@@ -76,27 +87,51 @@ class WebhookResource:
         metrics.LATENCY.observe(time.perf_counter() - started)
 
     def _handle(self, req: falcon.Request) -> tuple[str, bool]:
-        if self.limiter is not None and not self.limiter.allow(
-            sender_address(
-                req.remote_addr, req.get_header("X-Forwarded-For"), self.settings.trusted_proxies
-            )
-        ):
+        sender = sender_address(
+            req.remote_addr, req.get_header("X-Forwarded-For"), self.settings.trusted_proxies
+        )
+        if self.limiter is not None and not self.limiter.allow(sender):
             raise HTTPRefusal(
                 429,
                 "rate_limited",
                 "too many webhooks from this sender: retry later",
                 {"Retry-After": str(self.limiter.retry_after())},
             )
+        if self.check_source and not self.policy.source_allowed(sender):
+            log.info("forbidden_source", source=sender)
+            raise HTTPRefusal(
+                403,
+                "forbidden_source",
+                "webhooks are not accepted from this address ([webhooks] networks)",
+            )
+        payload: dict[str, Any] = {}
         if self.verifier is not None:
             try:
-                self.verifier.verify(bearer_token(req.get_header("Authorization")))
+                payload = self.verifier.verify(
+                    bearer_token(req.get_header("Authorization"))
+                ).payload
             except AuthError as exc:
                 raise HTTPRefusal(401, exc.code, exc.message, _AUTH_CHALLENGE) from None
+        if self.check_sender and not self.policy.sender_allowed(payload):
+            log.info("forbidden_sender", source=sender, claims=claims_summary(payload))
+            raise HTTPRefusal(
+                403,
+                "forbidden_sender",
+                "this token may not post webhooks: it does not pass the policy's [webhooks] "
+                "sender rule (a user's token is not a trigger's)",
+            )
         body = self._read_body(req)
         try:
             hook = decode_webhook(body)
+            record = self.policy.strip_record(
+                hook.database, hook.collection, hook.action, hook.record, hook.record_id
+            )
         except MessageError as exc:
             raise HTTPRefusal(exc.status, exc.code, exc.message) from None
+        except ValueError as exc:
+            raise HTTPRefusal(422, "invalid_payload", f"record cannot be read: {exc}") from None
+        if record is not hook.record:  # hidden fields removed: no stream ever holds them
+            hook = msgspec.structs.replace(hook, record=record)
         try:
             result = self.store.append(hook)
         except ReplicationTimeout as exc:
@@ -169,20 +204,31 @@ class HealthResource:
         _answer(resp, 200, {"status": "ok"})
 
 
+def claims_summary(payload: dict[str, Any]) -> dict[str, str]:
+    """A refused sender's claims for the log (so an operator can write the sender rule): names
+    and short values, never the token itself."""
+    return {str(k)[:40]: repr(v)[:60] for k, v in list(payload.items())[:20]}
+
+
 class ReadyResource:
     """Redis reachable (readiness probe): 503 takes the instance out of the load balancer."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, policy: Policy) -> None:
         self.store = store
+        self.about = {
+            "policy": policy_label(policy),
+            "webhooks": "restricted" if policy.has_webhooks else "any-token",
+        }
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             self.store.ping()
         except (redis.RedisError, OSError) as exc:
             resp.set_header("Retry-After", "1")
-            _answer(resp, 503, {"status": "unavailable", "redis": type(exc).__name__})
+            body = {"status": "unavailable", "redis": type(exc).__name__, **self.about}
+            _answer(resp, 503, body)
             return
-        _answer(resp, 200, {"status": "ready", "redis": "ok"})
+        _answer(resp, 200, {"status": "ready", "redis": "ok", **self.about})
 
 
 class MetricsResource:
@@ -211,14 +257,18 @@ def _error_handler(req: falcon.Request, resp: falcon.Response, ex: Exception, pa
 
 
 def create_app(
-    settings: IngestSettings, store: EventStore, verifier: TokenVerifier | None
+    settings: IngestSettings,
+    store: EventStore,
+    verifier: TokenVerifier | None,
+    policy: Policy | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
+    policy = policy or Policy.open()
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
     limiter = KeyedRateLimiter(settings.rate_limit, settings.rate_burst)
-    app.add_route("/webhook", WebhookResource(settings, store, verifier, limiter))
+    app.add_route("/webhook", WebhookResource(settings, store, verifier, limiter, policy))
     app.add_route("/health", HealthResource())
-    app.add_route("/ready", ReadyResource(store))
+    app.add_route("/ready", ReadyResource(store, policy))
     app.add_route("/metrics", MetricsResource())
     app.add_sink(_not_found, "/")
     app.add_error_handler(Exception, _error_handler)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -16,12 +17,38 @@ from gunicorn import util as _gunicorn_util
 from common.config import ConfigError
 from common.errors import code_for, error_json
 from common.logs import get_logger, setup_logging
-from ingest.settings import load_ingest
+from common.policy import PolicyError
+from common.policy_source import PolicySource, policy_path
+from ingest.settings import POLICY_SNAPSHOT_ENV, load_ingest
 
 try:
     _s = load_ingest()
-except ConfigError as _exc:  # pragma: no cover - printed by gunicorn at start
+    _policy = PolicySource(policy_path(), tier="ingest")
+except (ConfigError, PolicyError) as _exc:  # pragma: no cover - printed by gunicorn at start
     raise SystemExit(f"vski-ingest: configuration error: {_exc}") from None
+
+# The policy is read by the master, at start and on SIGHUP, and handed to the workers it forks
+# as a snapshot of the text it validated: a bad file on SIGHUP then keeps the old policy
+# (gunicorn's HUP restarts the workers, which would otherwise read the bad file and fail to
+# boot, taking the whole server down).
+_policy_dir = tempfile.mkdtemp(prefix="vski-ingest-policy-")
+
+
+def _snapshot_policy() -> None:
+    if _policy.policy.is_open:
+        os.environ.pop(POLICY_SNAPSHOT_ENV, None)
+        return
+    fd, path = tempfile.mkstemp(dir=_policy_dir, suffix=".toml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(_policy.text)
+    old = os.environ.get(POLICY_SNAPSHOT_ENV)
+    os.environ[POLICY_SNAPSHOT_ENV] = path
+    if old and old.startswith(_policy_dir):
+        with contextlib.suppress(OSError):
+            os.unlink(old)
+
+
+_snapshot_policy()
 
 bind = [_s.bind]
 workers = _s.workers
@@ -78,6 +105,15 @@ def on_starting(server: Any) -> None:
         threads=_s.threads,
         wait_replicas=_s.wait_replicas,
     )
+    _policy.announce()
+    if not _policy.policy.has_webhooks:
+        log.warning(
+            "webhooks_open",
+            message="the policy has no [webhooks] section: any valid token (a VSKI user's too) "
+            "may post webhooks; restrict senders with [webhooks] sender/networks",
+        )
+    elif _policy.policy.sender_is_open:
+        log.warning("webhooks_sender_open", message="[webhooks] has no sender rule")
     if not _s.require_auth:
         log.warning(
             "auth_disabled",
@@ -92,6 +128,13 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
+def on_reload(server: Any) -> None:
+    """SIGHUP: read the policy again before gunicorn forks the new workers."""
+    if _policy.reload():
+        _snapshot_policy()
+
+
 def on_exit(server: Any) -> None:
+    shutil.rmtree(_policy_dir, ignore_errors=True)
     if _owned_metrics_dir:
         shutil.rmtree(_owned_metrics_dir, ignore_errors=True)

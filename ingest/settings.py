@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from common.config import CommonSettings, ConfigError, Env, load_common
 
 WORKER_CLASSES = ("sync", "gthread")
+# set by the gunicorn master for its workers: the policy text it validated (gunicorn_conf.py)
+POLICY_SNAPSHOT_ENV = "VSKI_INGEST_POLICY_SNAPSHOT"
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 from common.auth import TokenVerifier
 from common.logs import get_logger, setup_logging
+from common.policy import Policy, parse_policy
+from common.policy_source import policy_path, read_policy
 from common.redis_conn import sync_client
 from ingest.app import create_app
-from ingest.settings import load_ingest
+from ingest.settings import POLICY_SNAPSHOT_ENV, load_ingest
 from ingest.store import EventStore
+
+
+def _policy() -> Policy:
+    """The policy the master validated (gunicorn_conf.py), else REALTIME_POLICY itself."""
+    snapshot = os.environ.get(POLICY_SNAPSHOT_ENV)
+    if snapshot:
+        with open(snapshot, encoding="utf-8") as f:
+            return parse_policy(f.read(), policy_path() or snapshot)
+    return read_policy(policy_path())[0]
+
 
 settings = load_ingest()
 setup_logging(settings.common.log_format, settings.common.log_level)
@@ -20,5 +34,5 @@ _store = EventStore(
     wait_timeout_ms=settings.wait_timeout_ms,
 )
 _verifier = TokenVerifier(settings.common.jwt) if settings.require_auth else None
-app = create_app(settings, _store, _verifier)
+app = create_app(settings, _store, _verifier, _policy())
 get_logger("ingest").debug("worker_app_loaded")

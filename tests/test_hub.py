@@ -106,7 +106,7 @@ class Rig:
     async def subscribe(
         self, member: Member, db: str, collection: str, last_id: str | None
     ) -> SubscribeOutcome:
-        return await self.subs.subscribe(member, db, collection, None, last_id)
+        return await self.subs.subscribe(member, {"sub": "u"}, db, collection, None, last_id)
 
     def receives(self, member: Member, db: str, collection: str) -> bool:
         stream = self.hub.streams.get(collection_keys(db, collection).channel)
