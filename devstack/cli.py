@@ -17,8 +17,11 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+from common.policy import PolicyError
+from common.policy_source import read_policy
 from devstack import state as st
 from devstack.banner import render
 from devstack.client import listen, post_webhook, realtime_url, sample_webhook
@@ -68,6 +71,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if len(set(wanted.values())) != len(wanted):
         return _fail("the ports overlap: fanout nodes use --fanout-port and the ports after it")
 
+    if args.policy:
+        args.policy = str(Path(args.policy).resolve())
+        try:
+            read_policy(args.policy)  # the tiers would refuse to start: say why here
+        except PolicyError as exc:
+            return _fail(f"--policy: {exc}")
     secret, source = st.dev_secret(state)
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
     stack = Stack(
@@ -82,6 +91,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             redis_port=args.redis_port,
             redis_url=redis_url,
             secret=secret,
+            policy=args.policy,
             echo=None if args.quiet else sys.stdout,
         )
     )
@@ -108,7 +118,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 ConsoleConfig(
                     ingest_url=stack.ingest_url,
                     fanout_urls=stack.fanout_urls,
-                    token=lambda: st.mint_token(secret),
+                    token=lambda sub: st.mint_token(secret, sub=sub[:64]),
+                    webhook_token=lambda: st.mint_token(secret, sub=st.WEBHOOK_SUB),
                     db=args.db,
                     collection=args.collection,
                 ),
@@ -138,7 +149,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 fanout_urls=stack.fanout_urls,
                 console_url=console_url,
                 token=st.mint_token(secret),
+                webhook_token=st.mint_token(secret, sub=st.WEBHOOK_SUB),
                 secret_source=source,
+                policy=args.policy,
                 db=args.db,
                 collection=args.collection,
                 state=str(state),
@@ -180,9 +193,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     claims: dict[str, Any] = {}
     for item in args.claim:
         key, sep, value = item.partition("=")
-        if not sep:
-            return _fail(f"--claim {item!r} must be key=value")
-        claims[key] = value
+        if not sep or not key.rstrip(":"):
+            return _fail(f"--claim {item!r} must be key=value (or key:=JSON)")
+        if key.endswith(":"):  # role:=["a","b"]: a JSON value
+            try:
+                claims[key[:-1]] = json.loads(value)
+            except ValueError as exc:
+                return _fail(f"--claim {item!r}: not JSON: {exc}")
+        else:
+            claims[key] = value
     print(st.mint_token(secret, sub=args.sub, ttl=args.ttl, **claims))
     return 0
 
@@ -204,7 +223,7 @@ def _fanout_url(args: argparse.Namespace) -> str:
 
 def cmd_post(args: argparse.Namespace) -> int:
     try:
-        token = args.token or st.mint_token(_secret_for_tools(args))
+        token = args.token or st.mint_token(_secret_for_tools(args), sub=st.WEBHOOK_SUB)
     except LookupError as exc:
         return _fail(str(exc))
     try:
@@ -296,13 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--db", default="postgres", help="database used in the printed examples")
     d.add_argument("--collection", default="posts", help="collection used in the examples")
     d.add_argument("--quiet", action="store_true", help="tier logs only to <state>/logs")
+    d.add_argument(
+        "--policy",
+        help="access policy file for both tiers (REALTIME_POLICY); "
+        "an example: devstack/example-policy.toml",
+    )
     d.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     d.set_defaults(func=cmd_dev)
 
     t = sub.add_parser("token", help="print a dev token signed with the configured secret")
     t.add_argument("--sub", default="dev", help="the token's subject (user id)")
     t.add_argument("--ttl", type=float, default=st.TOKEN_TTL_SECONDS, help="seconds")
-    t.add_argument("--claim", action="append", default=[], help="extra claim key=value")
+    t.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        help="extra claim: key=value (a string) or key:=JSON (e.g. teams:='[\"a\"]')",
+    )
     t.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     t.set_defaults(func=cmd_token)
 

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from common.errors import error_json
 from devstack.client import post_webhook
@@ -33,7 +34,8 @@ MAX_RELAY_BYTES = 1_048_576
 class ConsoleConfig:
     ingest_url: str
     fanout_urls: list[str]  # ws://host:port, one per node
-    token: Callable[[], str]  # fresh dev token per page load
+    token: Callable[[str], str]  # fresh dev token for a user id, per page load
+    webhook_token: Callable[[], str]  # what the page's test webhooks are signed with
     db: str = "postgres"
     collection: str = "posts"
 
@@ -74,7 +76,7 @@ def make_handler(cfg: ConsoleConfig) -> type[BaseHTTPRequestHandler]:
                     {
                         "ingest": cfg.ingest_url,
                         "fanout": cfg.fanout_urls,
-                        "token": cfg.token(),
+                        "token": cfg.token(_query(self.path).get("sub") or "dev"),
                         "db": cfg.db,
                         "collection": cfg.collection,
                     },
@@ -92,13 +94,17 @@ def make_handler(cfg: ConsoleConfig) -> type[BaseHTTPRequestHandler]:
                 return
             body = self.rfile.read(length)
             try:
-                status, answer = post_webhook(cfg.ingest_url, cfg.token(), body)
+                status, answer = post_webhook(cfg.ingest_url, cfg.webhook_token(), body)
             except OSError as exc:
                 status = HTTPStatus.BAD_GATEWAY
                 answer = {"error": "ingest_unreachable", "message": str(exc)}
             self._json(status, answer)
 
     return Handler
+
+
+def _query(path: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(path).query, max_num_fields=10)[:10])
 
 
 class ConsoleServer:

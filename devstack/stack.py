@@ -135,6 +135,7 @@ class StackOptions:
     redis_port: int = 0  # 0: a free port
     redis_url: str | None = None  # external Redis: no embedded server
     secret: str = ""
+    policy: str | None = None  # REALTIME_POLICY for both tiers
     echo: IO[str] | None = None
     start_timeout: float = 60.0
 
@@ -180,6 +181,8 @@ class Stack:
         env.setdefault("LOG_FORMAT", "console")
         env.setdefault("FANOUT_DRAIN_SECONDS", "2")  # quick Ctrl-C; production default is 10
         env.setdefault("INGEST_GRACEFUL_TIMEOUT", "5")
+        if self.opts.policy:
+            env["REALTIME_POLICY"] = self.opts.policy
         env.update(extra)
         return env
 

@@ -46,6 +46,11 @@ def dev_secret(state: Path, *, create: bool = True) -> tuple[str, str]:
     return secret, str(path)
 
 
+# dev tools sign webhooks as this subject; devstack/example-policy.toml's [webhooks] sender
+# rule accepts it, as a real policy accepts the VSKI master's trigger tokens
+WEBHOOK_SUB = "vski-master"
+
+
 def mint_token(
     secret: str, *, sub: str = "dev", ttl: float = TOKEN_TTL_SECONDS, **claims: Any
 ) -> str:

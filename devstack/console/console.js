@@ -56,6 +56,10 @@ function subscribe(ws, collection) {
 function onFrame(frame) {
   state.frames.push(frame);
   addItem("frames", JSON.stringify(frame), frame.type === "ERROR" ? "error" : "");
+  if (frame.type === "ERROR" && frame.code === "forbidden") {
+    // the access policy refused this user the collection: say so where it is seen
+    addItem("refusals", `${frame.collection}: ${frame.message}`, "error");
+  }
   if (!Array.isArray(frame.events)) return; // the SDK ignores frames without events[]
   for (const ev of frame.events) {
     state.events.push({ collection: frame.collection, id: ev.id, data: ev.data });
@@ -68,8 +72,12 @@ function onFrame(frame) {
   $("lastId").value = state.lastIds[collections()[0]] || $("lastId").value;
 }
 
-function connect() {
+async function connect() {
   if (!state.config) return;
+  // a token for the user in the field (the access policy decides what that user sees)
+  const sub = $("user").value.trim() || "dev";
+  const resp = await fetch("/api/config?" + new URLSearchParams({ sub }).toString());
+  state.config.token = (await resp.json()).token;
   const resumeFrom = $("lastId").value.trim();
   // the field holds the last id seen (so Connect after Disconnect resumes), or what the user typed
   state.lastIds = {};
@@ -150,6 +158,7 @@ async function init() {
   $("collection").value = params.get("collection") || state.config.collection;
   $("postCollection").value = collections()[0] || state.config.collection;
   if (params.get("lastId")) $("lastId").value = params.get("lastId");
+  if (params.get("user")) $("user").value = params.get("user");
   if (params.get("node")) $("node").selectedIndex = Number(params.get("node")) || 0;
   $("connect").onclick = connect;
   $("disconnect").onclick = disconnect;
