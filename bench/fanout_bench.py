@@ -60,6 +60,16 @@ class Case:
     seconds: float
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    policy: str | None = None  # a key of POLICIES: the node runs with that access policy
+    users: int = 0  # 0: every connection is user "bench"; N: connection i is user u<i % N>
+    # each event's record has author u<i % users>: with the owner filter it reaches 1 client
+
+
+# access policies of the policy cases: every record is published and has an author
+POLICIES = {
+    "claimfree": 'status = "published"',
+    "owner": "author = @request.auth.id",
+}
 
 
 CASES = {
@@ -77,6 +87,18 @@ CASES = {
         5,
         {"FANOUT_MAX_FRAME_EVENTS": "1"},
         note="saturation, 1 event/frame",
+    ),
+    "single": Case("single", 1, 1, 50, 10, note="one subscriber: CPU per webhook baseline"),
+    "aimpub": Case("aimpub", 1000, 1, 50, 10, policy="claimfree", note="aim, claim-free filter"),
+    "aimown": Case(
+        "aimown",
+        1000,
+        1,
+        50,
+        10,
+        policy="owner",
+        users=1000,
+        note="aim, owner filter, 1,000 users: each event to 1 client",
     ),
     "bare": Case("bare", 1000, 1, 0, 5, note="bare websockets.broadcast loop"),
     "bareraw": Case(
@@ -139,14 +161,41 @@ def read_lag_ms(port: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def token(ttl: float = 7200) -> str:
-    return jwt.encode({"sub": "bench", "exp": int(time.time() + ttl)}, SECRET, algorithm="HS256")
+def token(ttl: float = 7200, sub: str = "bench") -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + ttl)}, SECRET, algorithm="HS256")
+
+
+def policy_file(directory: Path, name: str) -> Path:
+    """A policy whose bench collections (c0..c99) any token may subscribe to, through one of
+    POLICIES' filters."""
+    path = directory / f"policy-{name}.toml"
+    entries = "".join(
+        f'[[collection]]\nname = "c{j}"\nsubscribe = ""\nfilter = \'{POLICIES[name]}\'\n'
+        for j in range(100)
+    )
+    path.write_text('version = 1\n[claims]\nid = ["id", "sub"]\n' + entries)
+    return path
+
+
+def tokens_file(directory: Path, users: int) -> Path:
+    path = directory / f"tokens-{users}.txt"
+    path.write_text("".join(token(sub=f"u{j}") + "\n" for j in range(users)))
+    return path
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of every thread of ``pid``: schedstat's nanoseconds where the kernel has them
+    (stat's clock ticks are 10 ms: too coarse for a node that idles at 50 webhooks/s)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -265,8 +314,11 @@ class LoadClient:
         n: int,
         colls: int,
         nolat: bool = False,
+        tokens: Path | None = None,
     ) -> None:
         args = [str(binary), "127.0.0.1", str(port), path, str(n), str(colls), str(int(nolat))]
+        if tokens is not None:
+            args.append(str(tokens))
         self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True)
         self.ready = threading.Event()
         self.subscribed = 0
@@ -316,9 +368,17 @@ class Poster:
     """Open-loop paced webhooks over ``threads`` threads (gunicorn sync: one request per conn)."""
 
     def __init__(
-        self, port: int, db: str, colls: int, rate: float, seconds: float, threads: int = 4
+        self,
+        port: int,
+        db: str,
+        colls: int,
+        rate: float,
+        seconds: float,
+        threads: int = 4,
+        users: int = 1,
     ) -> None:
         self.port, self.db, self.colls = port, db, colls
+        self.users = max(1, users)
         self.rate, self.count = rate, int(rate * seconds)
         self.threads = threads
         self.ok_per_coll = [0] * colls
@@ -350,6 +410,8 @@ class Poster:
                     "id": f"r{i}",
                     "n": i,
                     "title": "a record of typical size",
+                    "status": "published",
+                    "author": f"u{i % self.users}",
                     "sent": time.time(),
                 },
             }
@@ -406,30 +468,43 @@ def build_client(out_dir: Path) -> Path:
 
 def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[str, Any]:
     a = stack.args
-    node, port = stack.fanout(case.env)
+    env = dict(case.env)
+    if case.policy:
+        env["REALTIME_POLICY"] = str(policy_file(stack.tmp, case.policy))
+    node, port = stack.fanout(env)
     db = f"bench{int(time.time())}x{seq}"
     client: LoadClient | None = None
+    per_user = case.users > 0
     try:
         client = LoadClient(
             client_bin,
             a.load_cpu,
             port,
-            f"/api/realtime?db={db}&auth={token()}",
+            f"/api/realtime?db={db}" if per_user else f"/api/realtime?db={db}&auth={token()}",
             case.clients,
             case.colls,
+            tokens=tokens_file(stack.tmp, case.users) if per_user else None,
         )
         if not client.ready.wait(120):
             raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
         time.sleep(0.5)
         cpu0, t0 = cpu_seconds(node.pid), time.monotonic()
         poster = Poster(
-            stack.ingest_port, db, case.colls, case.rate, case.seconds, a.poster_threads
+            stack.ingest_port,
+            db,
+            case.colls,
+            case.rate,
+            case.seconds,
+            a.poster_threads,
+            users=case.users if case.policy == "owner" else 1,
         )
         poster.run()
         subs = [
             case.clients // case.colls + (1 if j < case.clients % case.colls else 0)
             for j in range(case.colls)
         ]
+        if case.policy == "owner":  # each event's author is one connected user
+            subs = [1] * case.colls
         planned = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
@@ -438,7 +513,8 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         lag50, lag99 = read_lag_ms(port)
         res = client.finish()
         # only connections whose SUBSCRIBE succeeded can receive (failures reported apart)
-        expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, client.subs, strict=True))
+        got_subs = [1] * case.colls if case.policy == "owner" else client.subs
+        expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, got_subs, strict=True))
     finally:
         if client is not None and client.proc.poll() is None:
             client.proc.kill()
@@ -461,6 +537,7 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         "loss": expected - res["events"],
         "expected": expected,
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
         "rss": rss,
         "hwm": hwm,
         "closed": res["closed"],
@@ -535,13 +612,77 @@ def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
     }
 
 
+REPLAY_EVENTS = 10_000
+
+
+def run_replay(stack: Stack, seq: int, repeat: int = 3) -> list[dict[str, Any]]:
+    """Time from a SUBSCRIBE with lastId "0" to its SUBSCRIBED over 10,000 retained events, on
+    a node without a policy, with the claim-free filter (every event passes: the full cost of
+    deciding) and with the owner filter (user u0: 10 of them pass)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    db = f"replay{int(time.time())}x{seq}"
+    poster = Poster(stack.ingest_port, db, 1, 2000, REPLAY_EVENTS / 2000, 8, users=1000)
+    poster.run()
+
+    async def once(port: int, sub: str) -> tuple[float, int]:
+        url = f"ws://127.0.0.1:{port}/api/realtime?db={db}&auth={token(sub=sub)}"
+        async with connect(url, max_size=None, compression=None) as ws:
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"type": "SUBSCRIBE", "collection": "c0", "lastId": "0"}))
+            n = 0
+            while True:
+                frame = await ws.recv()
+                if isinstance(frame, str) and frame.startswith('{"type":"SUBSCRIBED"'):
+                    return 1000 * (time.perf_counter() - t0), n
+                n += frame.count('"id":"') if isinstance(frame, str) else 0
+
+    rows = []
+    for mode in (None, "claimfree", "owner"):
+        env = {"REALTIME_POLICY": str(policy_file(stack.tmp, mode))} if mode else {}
+        node, port = stack.fanout(env)
+        try:
+            times = []
+            for _ in range(repeat):
+                ms, got = asyncio.run(once(port, "u0"))
+                times.append(ms)
+        finally:
+            stack.stop_proc(node)
+        rows.append(
+            {
+                "case": f"replay-{mode or 'none'}",
+                "retained": poster.ok,
+                "received": got,
+                "replay_ms": statistics.median(times),
+                "runs_ms": [round(t, 1) for t in times],
+            }
+        )
+    return rows
+
+
+def replay_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | retained events | events received | replay ms (median of 3) | runs ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['retained']:,} | {r['received']:,} | {r['replay_ms']:.0f} | "
+            f"{r['runs_ms']} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
-        "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | RSS MB | "
+        "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | node µs/webhook | "
+        "RSS MB | "
         "webhook answer p50 ms | node read lag p50/p99 ms |"
     )
-    lines = [head, "|" + " --- |" * 15]
+    lines = [head, "|" + " --- |" * 16]
     for r in rows:
         bare = r["case"].startswith("bare")
         lat = ("-", "-", "-") if bare else (f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
@@ -549,7 +690,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['case']} | {r['clients']} | {r['colls']} | {rate} | {r['events_s']:,.0f} | "
             f"{r['frames_s']:,.0f} | {r['ev_per_frame']:.1f} | {lat[0]} | {lat[1]} | {lat[2]} | "
-            f"{r['loss']} | {r['cpu']:.0f} | {r['rss']:.0f} | "
+            f"{r['loss']} | {r['cpu']:.0f} | {r.get('cpu_us_webhook', 0):,.0f} | {r['rss']:.0f} | "
             f"{r['ingest_p50']:.1f} | {r['lag50']:g} / {r['lag99']:g} |"
         )
     return "\n".join(lines)
@@ -583,7 +724,11 @@ def running(stack: Stack) -> Iterator[Stack]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cases", default="aim,a100,a500,b,c,sat1,bare,bareraw")
+    p.add_argument(
+        "--cases",
+        default="aim,a100,a500,b,c,sat1,bare,bareraw",
+        help="also: single,aimpub,aimown (access-policy cases) and replay",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per case; the table shows medians")
     p.add_argument("--seconds", type=float, default=None, help="override each case's duration")
     p.add_argument("--clients", type=int, default=None, help="override each case's client count")
@@ -607,15 +752,20 @@ def main() -> None:
     NICE = a.nice if a.nice >= 0 or os.geteuid() == 0 else 0
     names = [n.strip() for n in a.cases.split(",") if n.strip()]
     for n in names:
-        if n not in CASES:
+        if n not in CASES and n != "replay":
             p.error(f"unknown case {n!r}: choose from {', '.join(CASES)}")
     stack = Stack(a)
     client_bin = build_client(stack.tmp)
     runs: list[list[dict[str, Any]]] = []
+    replays: list[dict[str, Any]] = []
     with running(stack):
+        if "replay" in names:
+            replays = run_replay(stack, 0, repeat=max(3, a.repeat))
+            for row in replays:
+                print(f"# {json.dumps(row)}", flush=True)
         for rep in range(a.repeat):
             rows = []
-            for k, name in enumerate(names):
+            for k, name in enumerate(n for n in names if n != "replay"):
                 case = CASES[name]
                 if a.seconds or a.clients or a.rate:
                     case = Case(
@@ -626,6 +776,8 @@ def main() -> None:
                         a.seconds or case.seconds,
                         case.env,
                         case.note,
+                        case.policy,
+                        case.users,
                     )
                 try:
                     row = (
@@ -667,8 +819,25 @@ def main() -> None:
             f"aim (1,000 clients x 50 webhooks/s, p99 < 20 ms, no loss): {verdict} "
             f"(p99 {r['p99']:.1f} ms, loss {r['loss']})"
         )
+    if "aimpub" in by and "aim" in by:
+        ratio = by["aimpub"]["events_s"] / max(by["aim"]["events_s"], 1)
+        print(f"claim-free filter / no policy, delivered events/s: {ratio:.0%} (aim >= 90%)")
+    if "aimown" in by and "single" in by:
+        ratio = by["aimown"]["cpu_us_webhook"] / max(by["single"]["cpu_us_webhook"], 1e-9)
+        print(
+            f"owner filter (1,000 users) / one subscriber, node CPU per webhook: "
+            f"{by['aimown']['cpu_us_webhook']:.0f} / {by['single']['cpu_us_webhook']:.0f} us "
+            f"= {ratio:.2f}x (aim <= 2x)"
+        )
+    if replays:
+        print()
+        print(replay_table(replays))
+        base = next(r for r in replays if r["case"] == "replay-none")["replay_ms"]
+        for r in replays[1:]:
+            print(f"{r['case']} / replay-none: {r['replay_ms'] / max(base, 1e-9):.2f}x (aim <= 2x)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"runs": runs, "median": rows}, indent=1))
+        out = {"runs": runs, "median": rows, "replay": replays}
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
  * fanout_client: many WebSocket clients in one epoll loop, cheap enough to read 100k+ frames/s
  * on one core (a Python websockets client cannot: it would measure itself, not the server).
  *
- * Usage: fanout_client HOST PORT PATH NCONN NCOLL [NOLAT]
+ * Usage: fanout_client HOST PORT PATH NCONN NCOLL [NOLAT [TOKENS]]
  *   PATH  request path without collection, e.g. "/api/realtime?db=bench&auth=<jwt>"
  *   connection i subscribes to collection "c<i % NCOLL>".
  *   NOLAT=1: do not compute latencies (frames carry stale timestamps, e.g. the bare loop).
+ *   TOKENS: a file of JWTs, one per line: connection i appends "&auth=<line i % lines>" to PATH
+ *   (a user per connection, for access-policy cases).
  * Prints "READY <n>" once all connections are subscribed, "P <events> <frames> <closed>" every
  * 0.5 s, and on SIGTERM/SIGINT a final JSON line with counts and latency percentiles.
  * Latency of an event = receive wall time - the "sent" field (unix seconds) inside its record.
@@ -176,6 +178,21 @@ int main(int argc, char **argv) {
     int nconn = atoi(argv[4]);
     int ncoll = atoi(argv[5]);
     nolat = argc > 6 && atoi(argv[6]) == 1;
+    char **tokens = NULL;
+    int ntokens = 0;
+    if (argc > 7) {
+        FILE *tf = fopen(argv[7], "r");
+        if (!tf) { perror("tokens"); return 2; }
+        char line[4096];
+        int cap = 0;
+        while (fgets(line, sizeof line, tf)) {
+            line[strcspn(line, "\r\n")] = 0;
+            if (!line[0]) continue;
+            if (ntokens == cap) { cap = cap ? cap * 2 : 1024; tokens = realloc(tokens, cap * sizeof *tokens); }
+            tokens[ntokens++] = strdup(line);
+        }
+        fclose(tf);
+    }
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
@@ -233,10 +250,11 @@ int main(int argc, char **argv) {
             }
             if (c->state == ST_CONNECTING && (evs[i].events & EPOLLOUT)) {
                 char req[8192];
+                const char *auth = ntokens ? tokens[(c - conns) % ntokens] : NULL;
                 int rl2 = snprintf(req, sizeof req,
-                    "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                    path, host, port);
+                    path, auth ? "&auth=" : "", auth ? auth : "", host, port);
                 if (write(c->fd, req, rl2) != rl2) { do_close(ep, c); continue; }
                 c->state = ST_HANDSHAKE;
                 struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
