@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from common.policy import PolicyError
 from common.policy_source import read_policy
 from devstack import state as st
@@ -206,6 +208,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    """Show what a token carries (not verified: no secret needed), to write policy rules."""
+    token = args.token.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    try:
+        header = jwt.get_unverified_header(token)
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        return _fail(f"not a JWT: {exc}")
+    print(json.dumps({"header": header, "claims": payload}, indent=2, sort_keys=True))
+    return 0
+
+
 def _ingest_url(args: argparse.Namespace) -> str:
     if args.ingest:
         return str(args.ingest)
@@ -334,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     t.set_defaults(func=cmd_token)
+
+    c = sub.add_parser(
+        "claims",
+        help="print a token's header and claims without verifying it (to write policy rules, "
+        "e.g. the [webhooks] sender rule from a VSKI trigger's token)",
+    )
+    c.add_argument("token", help="the JWT (or 'Bearer <JWT>')")
+    c.set_defaults(func=cmd_claims)
 
     po = sub.add_parser("post", help="post a sample webhook to ingest")
     po.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")
