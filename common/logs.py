@@ -15,7 +15,9 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = {"auth", "token", "authorization", "jwt", "secret", "password", "jwt_secret"}
+_SECRET_KEYS = {
+    "auth", "token", "authorization", "jwt", "secret", "password", "jwt_secret", "admin_key", "key",
+}  # fmt: skip
 _QUERY_SECRET = re.compile(r"(?i)\b(auth|token|access_token|jwt)=[^&\s\"']+")
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
 _JWT_SHAPE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")

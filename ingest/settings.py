@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.config import CommonSettings, ConfigError, Env, load_common
 
@@ -32,6 +32,7 @@ class IngestSettings:
     rate_burst: int = 1
     trusted_proxies: frozenset[str] = frozenset()  # peers whose X-Forwarded-For is believed
     control_socket: str | None = None  # gunicorn's control socket; None = disabled
+    admin_key: str | None = field(default=None, repr=False)  # REALTIME_ADMIN_KEY: /admin/*
 
 
 def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -70,4 +71,5 @@ def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
         rate_burst=e.int("INGEST_RATE_BURST", max(1, int(rate * 2)), minimum=1),
         trusted_proxies=frozenset(e.list("INGEST_TRUSTED_PROXIES")),
         control_socket=e.opt("INGEST_CONTROL_SOCKET"),
+        admin_key=e.opt("REALTIME_ADMIN_KEY"),
     )
