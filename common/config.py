@@ -105,6 +105,7 @@ class JwtSettings:
     require_exp: bool = False
     audience: str | None = None
     issuer: str | None = None
+    max_age: float = 86_400.0  # JWT_MAX_AGE_SECONDS: how long a token may live (revocations last)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def load_common(
             secrets=tuple(secrets),
             algorithms=algorithms,
             leeway=e.float("JWT_LEEWAY", 30.0),
+            max_age=e.float("JWT_MAX_AGE_SECONDS", 86_400.0, minimum=1),
             require_exp=e.bool("JWT_REQUIRE_EXP", False),
             audience=e.opt("JWT_AUDIENCE"),
             issuer=e.opt("JWT_ISSUER"),

@@ -85,6 +85,30 @@ class CollectionKeys:
         return f"{self.prefix}:{self.tag}:g"
 
 
+@dataclass(frozen=True, slots=True)
+class RevocationKeys:
+    """Revoked users and tokens (``POST /admin/disconnect``), all in one slot (``{revocations}``):
+    a sorted set per kind, scored by the unix time the revocation ends; a sharded channel that
+    tells every fanout node at once; and a list per request for the nodes' "closed" counts."""
+
+    prefix: str = "vski"
+
+    @property
+    def tag(self) -> str:
+        return "{revocations}"
+
+    def of(self, kind: str) -> str:
+        """``kind`` is ``u`` (user ids) or ``t`` (token ids, the ``jti`` claim)."""
+        return f"{self.prefix}:{self.tag}:{kind}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:{self.tag}:n"
+
+    def replies(self, request: str) -> str:
+        return f"{self.prefix}:{self.tag}:r:{request}"
+
+
 def collection_keys(database: str, collection: str, prefix: str = "vski") -> CollectionKeys:
     check_name("database", database)
     check_name("collection", collection)

@@ -33,9 +33,13 @@ def _raise_fd_limit() -> int:
 
 
 async def run(settings: FanoutSettings, policy: PolicySource) -> None:
+    from common.redis_conn import async_client
+    from fanout.access import Access
     from fanout.groups import Groups
     from fanout.hub import Hub, HubSettings
+    from fanout.revocations import Revocations
     from fanout.server import FanoutServer
+    from fanout.subscribe_proxy import ProxySettings, SubscribeProxy
     from fanout.subscriptions import Subscriptions
 
     hub = Hub(
@@ -47,16 +51,37 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
         settings.common,
     )
     groups = Groups(hub, settings)
+    proxy = (
+        SubscribeProxy(
+            ProxySettings(
+                url=settings.proxy_url,
+                secret=settings.common.jwt.secrets[0],
+                timeout=settings.proxy_timeout,
+                max_inflight=settings.proxy_max_inflight,
+            )
+        )
+        if settings.proxy_url
+        else None
+    )
     subscriptions = Subscriptions(
         hub,
         groups,
         max_per_connection=settings.max_subscriptions,
         prefix=settings.common.redis.key_prefix,
-        policy=policy.policy,
+        access=Access(policy.policy, proxy),
     )
     policy.on_change(subscriptions.apply_policy)
     await hub.start()
+    subscriptions.start()
     server = FanoutServer(settings, hub, subscriptions)
+    revocations = Revocations(
+        hub.redis,
+        async_client(settings.common.redis),
+        settings.common.redis.key_prefix,
+        server.close_revoked,
+    )
+    server.revocations = revocations
+    await revocations.start()
     await server.start()
 
     stop = asyncio.Event()
@@ -72,8 +97,12 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
     with contextlib.suppress(Exception):
         left = max(0.1, settings.drain_seconds - (time.monotonic() - started) - 0.1)
         async with asyncio.timeout(left):
+            await revocations.stop()
+            await subscriptions.stop()
             await groups.stop()
             await hub.stop()
+            if proxy is not None:
+                await proxy.close()
     log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
 

@@ -62,3 +62,16 @@ GROUP_FILTERED = Counter(
     "vski_fanout_group_filtered_total",
     "Group events acknowledged unseen: the group's members may not see them",
 )
+PROXY_REQUESTS = Counter(
+    "vski_fanout_proxy_requests_total",
+    "Subscribe proxy requests by outcome (allow, deny, timeout, error)",
+    ["outcome"],
+)
+PROXY_SECONDS = Histogram(
+    "vski_fanout_proxy_seconds",
+    "Subscribe proxy request time",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REVOKED_CLOSES = Counter(
+    "vski_fanout_revoked_closes_total", "Connections closed because their user or token was revoked"
+)

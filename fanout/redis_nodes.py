@@ -256,6 +256,8 @@ class RedisNodes:
         self.cmd: Any = async_client(settings, url=url)
         self._listeners: dict[str, Listener] = {}
         self._route: dict[str, str] = {}  # channel -> listener name
+        # channels that carry no events but node-wide signals (revocations): their handlers
+        self._control: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
         self._url = url
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -293,14 +295,44 @@ class RedisNodes:
             lst = Listener(
                 name,
                 client,
-                self.on_batch,
-                self.on_resync,
+                self._dispatch,
+                self._resync,
                 self._moved,
                 self.ping_interval,
                 self._broken if self.cluster else None,
             )
             self._listeners[name] = lst
         return lst
+
+    def _dispatch(self, batch: Batch) -> None:
+        control = self._control
+        if control and any(ch in control for ch, _ in batch):
+            for ch, payload in batch:
+                if ch in control:
+                    control[ch][0](payload)
+            batch = [item for item in batch if item[0] not in control]
+            if not batch:
+                return
+        self.on_batch(batch)
+
+    def _resync(self, channels: Iterable[str]) -> None:
+        events = []
+        for ch in channels:
+            handlers = self._control.get(ch)
+            if handlers is not None:
+                handlers[1]()
+            else:
+                events.append(ch)
+        if events:
+            self.on_resync(events)
+
+    async def subscribe_control(
+        self, channel: str, on_message: Callable[[bytes], None], on_resync: Callable[[], None]
+    ) -> None:
+        """Listen to a node-wide signal channel: ``on_message`` per message, ``on_resync``
+        after a reconnect (messages may have been missed)."""
+        self._control[channel] = (on_message, on_resync)
+        await self.subscribe(channel)
 
     async def subscribe(self, channel: str) -> None:
         lst = self._listener_for(channel)
@@ -350,7 +382,7 @@ class RedisNodes:
                     await self.cmd.nodes_manager.initialize()
                 await self.subscribe(channel)
                 log.info("channel_rerouted", channel=channel, node=self._route.get(channel))
-                self.on_resync([channel])
+                self._resync([channel])
                 return
             except asyncio.CancelledError:
                 raise

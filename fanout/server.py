@@ -29,7 +29,9 @@ from common.layout import InvalidName, check_name
 from common.logs import get_logger, redact
 from common.policy_source import policy_label
 from fanout import metrics
+from fanout.access import identities
 from fanout.hub import Hub
+from fanout.revocations import Revocations
 from fanout.session import Session
 from fanout.settings import FanoutSettings
 from fanout.subscriptions import Subscriptions
@@ -46,6 +48,8 @@ class Admission:
 
     db: str
     claims: Claims
+    users: list[str]  # the ids a revocation of its user may name
+    jti: str | None
 
 
 class NodeConnection(ServerConnection):
@@ -86,6 +90,7 @@ class FanoutServer:
         self.subscriptions = subscriptions
         self.verifier = verifier or TokenVerifier(settings.common.jwt)
         self.sessions: set[Session] = set()
+        self.revocations: Revocations | None = None
         self.draining = False
         self._server: Server | None = None
 
@@ -176,6 +181,11 @@ class FanoutServer:
         ):
             # accepted within the JWT leeway, but the connection would be closed at once
             return self._refuse(401, "token_expired", "token has expired: get a new one")
+        users = identities(self.subscriptions.policy, claims.payload)
+        jti = claims.payload.get("jti")
+        jti = str(jti) if jti is not None else None
+        if self.revocations is not None and self.revocations.revoked(users, jti):
+            return self._refuse(401, "token_revoked", "this user or token has been revoked")
         db = params.get("db") or "postgres"
         try:
             check_name("database", db)
@@ -201,7 +211,7 @@ class FanoutServer:
                 Upgrade="websocket",
             )
         if isinstance(conn, NodeConnection):
-            conn.admission = Admission(db=db, claims=claims)
+            conn.admission = Admission(db=db, claims=claims, users=users, jti=jti)
         return None
 
     def _refuse(self, status: int, code: str, message: str, **headers: str) -> Response:
@@ -228,6 +238,17 @@ class FanoutServer:
         hdrs["Content-Length"] = str(len(data))
         return Response(200, "OK", hdrs, data)
 
+    def close_revoked(self, kind: str, ident: str) -> int:
+        """Close the sockets of a revoked user (``kind`` ``u``) or token (``t``)."""
+        closed = 0
+        for session in list(self.sessions):
+            matches = ident in session.users if kind == "u" else ident == session.jti
+            if matches and not session.closing:
+                session.revoke()
+                closed += 1
+        metrics.REVOKED_CLOSES.inc(closed)
+        return closed
+
     # ------------------------------------------------------------------ one WebSocket
 
     async def _handler(self, conn: ServerConnection) -> None:
@@ -235,7 +256,15 @@ class FanoutServer:
         if admission is None:  # cannot happen: process_request admits every upgrade
             await conn.close(CloseCode.INTERNAL_ERROR, "not admitted")
             return
-        session = Session(conn, admission.db, admission.claims, self.subscriptions, self.settings)
+        session = Session(
+            conn,
+            admission.db,
+            admission.claims,
+            self.subscriptions,
+            self.settings,
+            users=admission.users,
+            jti=admission.jti,
+        )
         self.sessions.add(session)
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_TOTAL.labels("accepted").inc()

@@ -50,6 +50,9 @@ class Session:
         claims: Claims,
         subscriptions: Subscriptions,
         settings: FanoutSettings,
+        *,
+        users: list[str] | None = None,
+        jti: str | None = None,
     ) -> None:
         self.db = db
         self.claims = claims
@@ -68,6 +71,8 @@ class Session:
         except Exception:
             self.peer = "?"
         self.user = claims.subject
+        self.users = users or []  # the ids a revocation of its user may name
+        self.jti = jti
         # the broadcast path calls these once per delivery: bound straight to the outlet
         self.buffered_bytes = self._outlet.buffered
         self.write_frame: Any = self._outlet.write
@@ -96,6 +101,13 @@ class Session:
         self._close_later(
             CloseCode.SLOW_CONSUMER, "slow consumer", self.settings.slow_close_seconds
         )
+
+    def revoke(self) -> None:
+        """Its user or token was revoked (``POST /admin/disconnect``): close with 4003."""
+        if self._closing:
+            return
+        log.info("revoked_close", peer=self.peer, db=self.db, user=self.user)
+        self._close_later(CloseCode.REVOKED, "revoked", self.settings.slow_close_seconds * 5)
 
     def mark_closing(self, reason: str) -> None:
         """The server is closing this connection itself (drain): stop handing it events."""
@@ -141,7 +153,13 @@ class Session:
             collection = msg.collection
             if isinstance(msg, Subscribe):
                 outcome = await self.subscriptions.subscribe(
-                    self, self.claims.payload, self.db, msg.collection, msg.group, msg.lastId
+                    self,
+                    self.claims.payload,
+                    self.db,
+                    msg.collection,
+                    msg.group,
+                    msg.lastId,
+                    self.claims.expires_at,
                 )
                 await self.send_frame(
                     subscribed_frame(

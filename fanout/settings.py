@@ -35,6 +35,9 @@ class FanoutSettings:
     group_max_inflight: int = 10  # consumer groups: unacked events one member may hold
     group_visibility_seconds: float = 30.0  # unacked this long: redelivered to another member
     group_reclaim_seconds: float = 0.0  # reclaim/housekeeping pass period (0: derived)
+    proxy_url: str | None = None  # REALTIME_SUBSCRIBE_PROXY_URL: the subscribe proxy
+    proxy_timeout: float = 1.0  # seconds, REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS / 1000
+    proxy_max_inflight: int = 64  # proxy requests in flight per node
 
     @property
     def host(self) -> str:
@@ -84,4 +87,14 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         group_max_inflight=e.int("FANOUT_GROUP_MAX_INFLIGHT", 10, minimum=1),
         group_visibility_seconds=e.float("FANOUT_GROUP_VISIBILITY_SECONDS", 30.0, minimum=0.1),
         group_reclaim_seconds=e.float("FANOUT_GROUP_RECLAIM_SECONDS", 0.0),
+        proxy_url=_proxy_url(e),
+        proxy_timeout=e.int("REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS", 1000, minimum=10) / 1000,
+        proxy_max_inflight=e.int("FANOUT_PROXY_MAX_INFLIGHT", 64, minimum=1),
     )
+
+
+def _proxy_url(e: Env) -> str | None:
+    url = e.opt("REALTIME_SUBSCRIBE_PROXY_URL")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"REALTIME_SUBSCRIBE_PROXY_URL={url!r} must be an http(s):// URL")
+    return url

@@ -11,17 +11,19 @@ when the policy changes (SIGHUP) are all answered from it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from common.errors import ClientError
 from common.layout import CollectionKeys, collection_keys
 from common.logs import get_logger
 from common.messages import error_frame
-from common.policy import Decision, Policy, View
-from fanout import metrics
+from common.policy import Policy, View
+from fanout.access import Access, Grant
 from fanout.hub import Hub, SubscribeOutcome
 from fanout.recipients import OnDelete
+from fanout.subscribe_proxy import ProxyUnavailable
 from fanout.wire import Member
 
 log = get_logger("fanout.subscriptions")
@@ -37,9 +39,9 @@ class SubKey:
 class Subscription:
     keys: CollectionKeys
     group: str | None
-    view: View
-    on_delete: OnDelete
-    claims: Any  # the token payload the decision was made on (checked again on SIGHUP)
+    grant: Grant  # its view, and when it must be decided again
+    claims: Any  # the token payload it was granted to (decided again on SIGHUP and expiry)
+    token_exp: float | None
 
 
 class GroupsPort(Protocol):
@@ -62,10 +64,6 @@ class GroupsPort(Protocol):
     async def leave(self, member: Member, keys: CollectionKeys, group: str, view: View) -> bool: ...
 
 
-def forbidden(collection: str, message: str) -> ClientError:
-    return ClientError("forbidden", f"{message}; SUBSCRIBE to {collection!r} refused")
-
-
 class Subscriptions:
     def __init__(
         self,
@@ -74,28 +72,38 @@ class Subscriptions:
         *,
         max_per_connection: int,
         prefix: str,
-        policy: Policy | None = None,
+        access: Access | None = None,
+        refresh_interval: float = 0.5,
     ) -> None:
         self.hub = hub
         self.groups = groups
         self.max_per_connection = max_per_connection
         self.prefix = prefix
-        self.policy = policy or Policy.open()
+        self.access = access or Access(Policy.open())
+        self.refresh_interval = refresh_interval
         self._by_member: dict[Member, dict[SubKey, Subscription]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.access.policy
+
+    def start(self) -> None:
+        """Start deciding again the grants that expire (subscribe proxy answers)."""
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def stop(self) -> None:
+        for task in [self._refresher, *self._tasks]:
+            if task is not None:
+                task.cancel()
 
     def count(self, member: Member) -> int:
         return len(self._by_member.get(member, ()))
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._by_member.values())
-
-    def decide(self, claims: Any, database: str, collection: str, group: str | None) -> Decision:
-        decision = self.policy.subscribe_decision(claims, database, collection, group=group)
-        if not decision.allowed:
-            metrics.FORBIDDEN.inc()
-            raise forbidden(collection, decision.message)
-        return decision
 
     async def subscribe(
         self,
@@ -105,6 +113,7 @@ class Subscriptions:
         collection: str,
         group: str | None,
         last_id: str | None,
+        token_exp: float | None = None,
     ) -> SubscribeOutcome:
         key = SubKey(collection, group)
         subs = self._by_member.get(member, {})
@@ -113,9 +122,8 @@ class Subscriptions:
             # the SDK sends SUBSCRIBE again on an open socket: answer, never replay twice
             if group is None:
                 return SubscribeOutcome(self.hub.last_id(sub.keys), True)
-            last = await self._groups().join(
-                member, sub.keys, group, last_id, sub.view, sub.on_delete
-            )
+            g = sub.grant
+            last = await self._groups().join(member, sub.keys, group, last_id, g.view, g.on_delete)
             return SubscribeOutcome(last, True)
         if len(subs) >= self.max_per_connection:
             raise ClientError(
@@ -125,15 +133,14 @@ class Subscriptions:
         keys = collection_keys(database, collection, self.prefix)
         if group is not None:
             self._groups()  # groups_unavailable before forbidden: nothing could be joined
-        decision = self.decide(claims, database, collection, group)
-        view = decision.view or View.ALL
+        grant = await self.access.grant(claims, database, collection, group, token_exp=token_exp)
         if group is None:
-            outcome = await self.hub.subscribe(member, keys, last_id, view, decision.on_delete)
+            outcome = await self.hub.subscribe(member, keys, last_id, grant.view, grant.on_delete)
         else:
-            last = await self._groups().join(member, keys, group, last_id, view, decision.on_delete)
-            outcome = SubscribeOutcome(last, True)
+            joined = self._groups().join(member, keys, group, last_id, grant.view, grant.on_delete)
+            outcome = SubscribeOutcome(await joined, True)
         self._by_member.setdefault(member, {})[key] = Subscription(
-            keys, group, view, decision.on_delete, claims
+            keys, group, grant, claims, token_exp
         )
         return outcome
 
@@ -151,7 +158,7 @@ class Subscriptions:
                 "invalid_ack",
                 f"this connection is not a member of group {group!r} of {collection!r}",
             )
-        await groups.ack(member, sub.keys, group, sub.view, ack_id)
+        await groups.ack(member, sub.keys, group, sub.grant.view, ack_id)
 
     async def remove(self, member: Member) -> None:
         """The connection ended: leave everything it was subscribed to."""
@@ -167,8 +174,8 @@ class Subscriptions:
 
     async def _leave(self, member: Member, sub: Subscription) -> bool:
         if sub.group is None:
-            return self.hub.leave(member, sub.keys, sub.view)
-        return await self._groups().leave(member, sub.keys, sub.group, sub.view)
+            return self.hub.leave(member, sub.keys, sub.grant.view)
+        return await self._groups().leave(member, sub.keys, sub.group, sub.grant.view)
 
     def _groups(self) -> GroupsPort:
         if self.groups is None:
@@ -177,51 +184,89 @@ class Subscriptions:
             )
         return self.groups
 
-    # ------------------------------------------------------------------ policy changes
+    # ------------------------------------------------------------------ deciding again
 
     def apply_policy(self, policy: Policy) -> None:
         """A new policy is in force (SIGHUP): check every subscription again. Refused ones get
         the ``forbidden`` ERROR and stop; the others see what the new filter lets them see from
         the next event on."""
-        self.policy = policy
-        task = asyncio.get_running_loop().create_task(self._recheck())
+        self.access.policy = policy
+        task = asyncio.get_running_loop().create_task(self._recheck(None))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _recheck(self) -> None:
+    async def _refresh_loop(self) -> None:
+        """Grants made on a subscribe proxy answer are decided again when it expires."""
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self._recheck(time.monotonic())
+            except Exception:
+                log.exception("grant_refresh_failed")
+
+    async def _recheck(self, expired_before: float | None) -> None:
+        """Decide again every subscription (``None``: after a policy change) or those whose
+        grant expired before ``expired_before`` (asking the proxy afresh, once per key)."""
         refused = changed = 0
+        asked: set[Any] = set()
         for member, subs in list(self._by_member.items()):
             for key, sub in list(subs.items()):
+                expires = sub.grant.expires_at
+                if expired_before is not None and (expires is None or expires > expired_before):
+                    continue
                 if self._by_member.get(member, {}).get(key) is not sub:
                     continue  # left meanwhile
-                decision = self.policy.subscribe_decision(
-                    sub.claims, sub.keys.database, sub.keys.collection, group=sub.group
-                )
-                try:
-                    if not decision.allowed:
-                        refused += 1
-                        self._pop(member, key)
-                        await self._leave(member, sub)
-                        err = forbidden(sub.keys.collection, decision.message)
-                        metrics.FORBIDDEN.inc()
-                        await member.send_frame(
-                            error_frame(err.code, err.message, collection=sub.keys.collection)
-                        )
-                    elif (view := decision.view or View.ALL) != sub.view:
-                        changed += 1
-                        await self._move(member, sub, view, decision)
-                except Exception as exc:  # a closed connection, Redis away: the rest goes on
-                    log.info("policy_recheck_skipped", error=type(exc).__name__)
-        log.info("policy_rechecked", refused=refused, changed=changed, kept=len(self))
+                fresh = expired_before is not None and sub.grant.proxy_key not in asked
+                asked.add(sub.grant.proxy_key)
+                outcome = await self._regrant(member, key, sub, fresh=fresh)
+                refused += outcome == "refused"
+                changed += outcome == "changed"
+        if expired_before is None or refused or changed:
+            log.info("subscriptions_rechecked", refused=refused, changed=changed, kept=len(self))
 
-    async def _move(self, member: Member, sub: Subscription, view: View, d: Decision) -> None:
+    async def _regrant(self, member: Member, key: SubKey, sub: Subscription, *, fresh: bool) -> str:
+        k = sub.keys
+        try:
+            grant = await self.access.grant(
+                sub.claims,
+                k.database,
+                k.collection,
+                sub.group,
+                token_exp=sub.token_exp,
+                fresh=fresh,
+            )
+        except ProxyUnavailable as exc:
+            # keep serving what the last answer allowed; ask again soon
+            log.warning("grant_refresh_deferred", collection=k.collection, why=exc.why)
+            retry = time.monotonic() + max(1.0, self.refresh_interval * 10)
+            sub.grant = replace(sub.grant, expires_at=retry)
+            return "kept"
+        except ClientError as exc:
+            try:
+                self._pop(member, key)
+                await self._leave(member, sub)
+                frame = error_frame(exc.code, exc.message, collection=k.collection)
+                await member.send_frame(frame)
+            except Exception as err:  # a closed connection, Redis away: the rest goes on
+                log.info("recheck_leave_failed", error=type(err).__name__)
+            return "refused"
+        if grant.view == sub.grant.view:
+            sub.grant = grant
+            return "kept"
+        try:
+            await self._move(member, sub, grant)
+        except Exception as err:
+            log.info("recheck_move_failed", error=type(err).__name__)
+        return "changed"
+
+    async def _move(self, member: Member, sub: Subscription, grant: Grant) -> None:
+        old = sub.grant
+        sub.grant = grant
         if sub.group is None:
-            self.hub.change_view(member, sub.keys, sub.view, view, d.on_delete)
-            sub.view, sub.on_delete = view, d.on_delete
+            self.hub.change_view(member, sub.keys, old.view, grant.view, grant.on_delete)
             return
         # a group member with another view belongs to another Redis group (members who see
         # different events never share one): leave the old one, its events go to the others
         groups = self._groups()
-        await groups.leave(member, sub.keys, sub.group, sub.view)
-        sub.view, sub.on_delete = view, d.on_delete
-        await groups.join(member, sub.keys, sub.group, None, view, d.on_delete)
+        await groups.leave(member, sub.keys, sub.group, old.view)
+        await groups.join(member, sub.keys, sub.group, None, grant.view, grant.on_delete)

@@ -30,6 +30,8 @@ from common.policy import Policy
 from common.policy_source import policy_label
 from common.ratelimit import KeyedRateLimiter
 from ingest import metrics
+from ingest.admin_auth import AdminAuth
+from ingest.revocations import DisconnectResource
 from ingest.sender import sender_address
 from ingest.settings import IngestSettings
 from ingest.store import EventStore, ReplicationTimeout
@@ -243,8 +245,12 @@ def _not_found(req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
 
 
 def _error_handler(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
-    """Falcon's own refusals (405, bad headers) and anything unexpected, in our JSON shape;
-    an unexpected error is logged with its traceback but never shown to the sender."""
+    """Our refusals, Falcon's own (405, bad headers) and anything unexpected, in our JSON
+    shape; an unexpected error is logged with its traceback but never shown to the sender."""
+    if isinstance(ex, HTTPRefusal):
+        resp.set_headers(ex.headers)
+        _refuse(resp, ex.status, ex.code, ex.message)
+        return
     if isinstance(ex, falcon.HTTPError):
         phrase = str(ex.status).partition(" ")[2] or str(ex.title)
         message = ex.description or ex.title or phrase
@@ -270,6 +276,9 @@ def create_app(
     app.add_route("/health", HealthResource())
     app.add_route("/ready", ReadyResource(store, policy))
     app.add_route("/metrics", MetricsResource())
+    admin = AdminAuth(settings.admin_key)
+    if admin.enabled:  # without REALTIME_ADMIN_KEY, /admin/* does not exist (404)
+        app.add_route("/admin/disconnect", DisconnectResource(settings, store.client, admin))
     app.add_sink(_not_found, "/")
     app.add_error_handler(Exception, _error_handler)
     app.add_error_handler(falcon.HTTPError, _error_handler)
