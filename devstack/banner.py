@@ -35,6 +35,7 @@ def render(
     webhook_token: str,
     secret_source: str,
     policy: str | None = None,
+    proxy_url: str | None = None,
     db: str,
     collection: str,
     state: str,
@@ -50,6 +51,10 @@ def render(
     ]
     if console_url:
         lines.append(f"  console   {console_url}/")
+    if proxy_url:
+        lines.append(
+            f"  proxy     {proxy_url} (example subscribe proxy: devstack/example_proxy.py)"
+        )
     lines += [
         f"  state     {state} (secret from {secret_source})",
         f"  policy    {policy or 'none: every valid token sees everything (--policy FILE)'}",
@@ -64,6 +69,9 @@ def render(
         f"  {ws}",
         f"  {subscribe}",
         f"  or: vski-realtime listen --db {db} --collection {collection}",
+        "",
+        "Cut a user off on every node (closes its sockets with 4003, refuses it for a day):",
+        "  vski-realtime revoke --user dev",
         "",
         "Ctrl-C stops everything.",
         "",

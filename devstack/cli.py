@@ -26,7 +26,7 @@ from common.policy import PolicyError
 from common.policy_source import read_policy
 from devstack import state as st
 from devstack.banner import render
-from devstack.client import listen, post_webhook, realtime_url, sample_webhook
+from devstack.client import listen, post_json, post_webhook, realtime_url, sample_webhook
 
 DEFAULT_INGEST = "http://127.0.0.1:8000"
 DEFAULT_FANOUT = "ws://127.0.0.1:8080"
@@ -53,6 +53,7 @@ def _fail(message: str, code: int = 2) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from devstack.console_server import ConsoleConfig, ConsoleServer
     from devstack.embedded_redis import NoRedisBinary
+    from devstack.example_proxy import ExampleProxy
     from devstack.stack import Stack, StackOptions
 
     if args.fanout_nodes < 1 or args.ingest_workers < 1:
@@ -67,6 +68,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         wanted[f"--fanout-port (node {i + 1})"] = args.fanout_port + i
     if not args.no_console:
         wanted["--console-port"] = args.console_port
+    if args.proxy_port:
+        wanted["--proxy-port"] = args.proxy_port
     for flag, port in wanted.items():
         if not _port_free(args.host, port):
             return _fail(f"port {port} is already in use: choose another with {flag.split()[0]}")
@@ -80,6 +83,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             return _fail(f"--policy: {exc}")
     secret, source = st.dev_secret(state)
+    key, _ = st.admin_key(state)
+    proxy = ExampleProxy(args.host, args.proxy_port, secret)
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
     stack = Stack(
         StackOptions(
@@ -94,6 +99,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             redis_url=redis_url,
             secret=secret,
             policy=args.policy,
+            admin_key=key,
+            proxy_url=proxy.url,
             echo=None if args.quiet else sys.stdout,
         )
     )
@@ -112,6 +119,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     code = 0
     try:
         print(f"starting the dev stack (state in {state})", flush=True)
+        proxy.start()
         stack.start()
         if not args.no_console:
             console = ConsoleServer(
@@ -173,6 +181,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if console is not None:
             console.stop()
         stack.stop()
+        proxy.stop()
         st.clear_stack_info(state)
         lock.close()
         print("stopped", flush=True)
@@ -220,6 +229,24 @@ def cmd_claims(args: argparse.Namespace) -> int:
         return _fail(f"not a JWT: {exc}")
     print(json.dumps({"header": header, "claims": payload}, indent=2, sort_keys=True))
     return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """POST /admin/disconnect: close the sockets of a user or token on every node now."""
+    try:
+        key = args.admin_key or st.admin_key(st.state_dir(args.state_dir), create=False)[0]
+    except LookupError as exc:
+        return _fail(str(exc))
+    body: dict[str, Any] = {"user": args.user} if args.user else {"token_id": args.token_id}
+    if args.until is not None:
+        body["until"] = args.until
+    url = _ingest_url(args) + "/admin/disconnect"
+    try:
+        status, answer = post_json(url, key, body)
+    except OSError as exc:
+        return _fail(f"cannot reach ingest at {url}: {exc}", 1)
+    print(f"{status} {json.dumps(answer)}", flush=True)
+    return 0 if status == 200 else 1
 
 
 def _ingest_url(args: argparse.Namespace) -> str:
@@ -326,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fanout-port", type=int, default=8080, help="first node; next nodes +1")
     d.add_argument("--fanout-nodes", type=int, default=2)
     d.add_argument("--console-port", type=int, default=8090)
+    d.add_argument(
+        "--proxy-port", type=int, default=0, help="the example subscribe proxy (0: any free port)"
+    )
     d.add_argument("--no-console", action="store_true", help="do not serve the console page")
     d.add_argument("--redis-port", type=int, default=0, help="embedded Redis port (0: any free)")
     d.add_argument("--db", default="postgres", help="database used in the printed examples")
@@ -358,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("token", help="the JWT (or 'Bearer <JWT>')")
     c.set_defaults(func=cmd_claims)
+
+    rv = sub.add_parser(
+        "revoke", help="cut a user or a token off now: closes its sockets on every node (4003)"
+    )
+    who = rv.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the user id (@request.auth.id, id or sub of its tokens)")
+    who.add_argument("--token-id", help="one token, by its jti claim")
+    rv.add_argument("--until", type=float, help="unix time the revocation ends (default: +1 day)")
+    rv.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")
+    rv.add_argument("--admin-key", help="REALTIME_ADMIN_KEY (default: env, then the dev stack's)")
+    rv.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
+    rv.set_defaults(func=cmd_revoke)
 
     po = sub.add_parser("post", help="post a sample webhook to ingest")
     po.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")

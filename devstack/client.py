@@ -46,9 +46,16 @@ def post_webhook(
     ingest_url: str, token: str | None, body: dict[str, Any] | bytes, timeout: float = 10.0
 ) -> tuple[int, dict[str, Any]]:
     """POST one webhook to ``<ingest_url>/webhook``; returns (status, JSON answer)."""
+    return post_json(ingest_url.rstrip("/") + "/webhook", token, body, timeout)
+
+
+def post_json(
+    url: str, token: str | None, body: dict[str, Any] | bytes, timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
+    """POST JSON with an optional bearer token; returns (status, JSON answer)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(
-        ingest_url.rstrip("/") + "/webhook",
+        url,
         data=data,
         method="POST",
         headers={"Content-Type": "application/json"},

@@ -136,6 +136,8 @@ class StackOptions:
     redis_url: str | None = None  # external Redis: no embedded server
     secret: str = ""
     policy: str | None = None  # REALTIME_POLICY for both tiers
+    admin_key: str = ""  # REALTIME_ADMIN_KEY for ingest
+    proxy_url: str | None = None  # REALTIME_SUBSCRIBE_PROXY_URL for the fanout nodes
     echo: IO[str] | None = None
     start_timeout: float = 60.0
 
@@ -183,6 +185,10 @@ class Stack:
         env.setdefault("INGEST_GRACEFUL_TIMEOUT", "5")
         if self.opts.policy:
             env["REALTIME_POLICY"] = self.opts.policy
+        if self.opts.admin_key:
+            env["REALTIME_ADMIN_KEY"] = self.opts.admin_key
+        if self.opts.proxy_url:
+            env["REALTIME_SUBSCRIBE_PROXY_URL"] = self.opts.proxy_url
         env.update(extra)
         return env
 

@@ -51,6 +51,27 @@ def dev_secret(state: Path, *, create: bool = True) -> tuple[str, str]:
 WEBHOOK_SUB = "vski-master"
 
 
+def admin_key(state: Path, *, create: bool = True) -> tuple[str, str]:
+    """The key of ingest's /admin/* endpoints: ``REALTIME_ADMIN_KEY``, else one generated in
+    ``<state>/admin_key`` (mode 0600), like the dev secret."""
+    env = os.environ.get("REALTIME_ADMIN_KEY", "").strip()
+    if env:
+        return env, "REALTIME_ADMIN_KEY"
+    path = state / "admin_key"
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    if not create:
+        raise LookupError(
+            f"no admin key: set REALTIME_ADMIN_KEY or run `vski-realtime dev` once ({path})"
+        )
+    state.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, str(path)
+
+
 def mint_token(
     secret: str, *, sub: str = "dev", ttl: float = TOKEN_TTL_SECONDS, **claims: Any
 ) -> str:
