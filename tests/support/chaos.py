@@ -32,6 +32,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.ingest_http import post_once
 from tests.support.tokens import make_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,28 +91,6 @@ def webhook(db: str, coll: str, n: int, pad: int = 0, tag: str = "") -> bytes:
         "record": record,
     }
     return json.dumps(body).encode()
-
-
-def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """POST one webhook; (status, decoded JSON) or (0, error text) when the connection broke."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(
-            "POST",
-            "/webhook",
-            body,
-            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        )
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            return resp.status, json.loads(raw or b"{}")
-        except ValueError:
-            return resp.status, raw[:200].decode(errors="replace")
-    except (OSError, http.client.HTTPException) as exc:
-        return 0, repr(exc)
-    finally:
-        conn.close()
 
 
 class WebhookPoster(threading.Thread):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
+from tests.support.backends import ClusterBackend
 from tests.support.chaos import (
     ResumingClient,
     WebhookPoster,
@@ -25,35 +25,23 @@ from tests.support.chaos import (
     sum_delivery,
     wait_for,
 )
-from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_cluster import RedisClusterFixture
+from tests.support.stack import Stack, stack_on
 
 DB = "chaos"
-ENV = {"REDIS_CLUSTER": "true", "FANOUT_CLIENT_RATE": "1000", "FANOUT_DRAIN_SECONDS": "3"}
+NODE_ENV = {"FANOUT_CLIENT_RATE": "1000", "FANOUT_DRAIN_SECONDS": "3"}  # + REDIS_CLUSTER
 
 pytestmark = pytest.mark.cluster
 
 
-@dataclass
-class Stack:
-    ingest: Proc
-    nodes: list[Proc]
-
-
 @pytest.fixture
-def cstack(redis_cluster_session: RedisClusterFixture) -> Iterator[Stack]:
-    cluster = redis_cluster_session
-    cluster.wait_ok()
-    ingest = ingest_proc(cluster.url, workers=2, REDIS_CLUSTER="true").start()
-    nodes = [fanout_proc(cluster.url, **ENV).start() for _ in range(2)]
-    try:
-        yield Stack(ingest, nodes)
-    finally:
-        for p in (*nodes, ingest):
-            p.stop()
+def cstack(redis_cluster_session: RedisClusterFixture) -> Iterator[Stack[ClusterBackend]]:
+    redis_cluster_session.wait_ok()
+    with stack_on(ClusterBackend(redis_cluster_session), node_env=NODE_ENV) as s:
+        yield s
 
 
-async def test_reconnect_storm_on_cluster_loses_nothing(cstack: Stack) -> None:
+async def test_reconnect_storm_on_cluster_loses_nothing(cstack: Stack[ClusterBackend]) -> None:
     coll = "cstorm"
     ports = [n.port for n in cstack.nodes]
     with reported("fault", "reconnect storm on Redis Cluster: 300 clients at once") as row:

@@ -1,4 +1,7 @@
-"""End to end: gunicorn ingest, two ``vski-fanout`` nodes, a real redis-server, WebSocket clients.
+"""End to end: gunicorn ingest, two ``vski-fanout`` nodes, real Redis, WebSocket clients.
+
+Every test that takes ``stack`` runs on a standalone redis-server and on the Redis Cluster
+(``redis_backend``); the Redis-restart test has its own server (``redis_srv``), standalone only.
 
 Events are posted to ingest over HTTP exactly as a VSKI trigger does; clients see what the SDK
 sees. Assertions compare id sequences (order, no duplicates, nothing missing), never timings,
@@ -12,208 +15,32 @@ import contextlib
 import http.client
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.backends import RedisTarget
+from tests.support.ingest_http import BackgroundPoster, Poster
+from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
+from tests.support.stack import Stack, stack_on
 from tests.support.tokens import make_token
-
-NODE_ENV = {"FANOUT_MAX_BUFFER_BYTES": "262144", "FANOUT_CLIENT_RATE": "1000"}
-
-
-@dataclass
-class Stack:
-    redis: RedisServer
-    ingest: Proc
-    nodes: list[Proc]
-
-
-@contextlib.contextmanager
-def stack_on(redis_srv: RedisServer, nodes: int = 2, **env: str) -> Iterator[Stack]:
-    ingest = ingest_proc(redis_srv.url).start()
-    procs: list[Proc] = []
-    try:
-        for _ in range(nodes):
-            procs.append(fanout_proc(redis_srv.url, **{**NODE_ENV, **env}).start())
-        yield Stack(redis_srv, ingest, procs)
-    finally:
-        for p in procs:
-            p.stop()
-        ingest.stop()
+from tests.support.ws_client import Client, settle, ws_url
 
 
 @pytest.fixture(scope="module")
-def stack(redis_mod: RedisServer) -> Iterator[Stack]:
-    with stack_on(redis_mod) as s:
+def stack(redis_backend: RedisTarget) -> Iterator[Stack[RedisTarget]]:
+    """Ingest and two fanout nodes on the module's Redis, once per backend."""
+    with stack_on(redis_backend) as s:
         yield s
 
 
-# ---------------------------------------------------------------- posting webhooks
-
-
-class Poster:
-    """Posts webhooks like a VSKI trigger (keeps retrying 503s, as VSKI does)."""
-
-    def __init__(self, ingest: Proc) -> None:
-        self.port = ingest.port
-        self.token = make_token()
-
-    def post(self, db: str, coll: str, n: int, pad: int = 0, retry_for: float = 0) -> str:
-        body: dict[str, Any] = {
-            "database": db,
-            "collection": coll,
-            "id": f"r{n}",
-            "action": "create",
-            "record": {"id": f"r{n}", "n": n, "sent": time.time()},
-        }
-        if pad:
-            body["record"]["pad"] = "x" * pad
-        data = json.dumps(body).encode()
-        deadline = time.monotonic() + retry_for
-        while True:
-            status, answer = self._once(data)
-            if status == 200:
-                return str(answer["id"])
-            if time.monotonic() > deadline:
-                raise AssertionError(f"webhook answered {status}: {answer}")
-            time.sleep(0.05)
-
-    def _once(self, data: bytes) -> tuple[int, dict[str, Any]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(
-                "POST",
-                "/webhook",
-                data,
-                {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
-            )
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read() or b"{}")
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            return 0, {"error": repr(exc)}
-        finally:
-            conn.close()
-
-    def many(self, db: str, coll: str, count: int, start: int = 0) -> list[str]:
-        return [self.post(db, coll, start + i) for i in range(count)]
-
-
-class BackgroundPoster(threading.Thread):
-    """Keeps posting at a modest pace; ``ids`` are the events answered 200, in order."""
-
-    def __init__(
-        self,
-        poster: Poster,
-        db: str,
-        coll: str,
-        count: int,
-        pace: float = 0.005,
-        retry_for: float = 0,
-    ) -> None:
-        super().__init__(daemon=True)
-        self.poster, self.db, self.coll, self.count = poster, db, coll, count
-        self.pace, self.retry_for = pace, retry_for
-        self.ids: list[str] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for i in range(self.count):
-                self.ids.append(self.poster.post(self.db, self.coll, i, retry_for=self.retry_for))
-                time.sleep(self.pace)
-        except BaseException as exc:
-            self.error = exc
-
-
-# ---------------------------------------------------------------- clients
-
-
-def ws_url(node: Proc, db: str = "postgres") -> str:
-    return f"{node.ws_url}/api/realtime?db={db}&auth={make_token()}"
-
-
-@dataclass
-class Client:
-    """A WebSocket client that behaves like the SDK: records every event id and its lastId."""
-
-    node: Proc
-    db: str
-    coll: str
-    ids: list[str] = field(default_factory=list)
-    subscribed: list[dict[str, Any]] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    conn: ClientConnection | None = None
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def last_id(self) -> str | None:
-        return self.ids[-1] if self.ids else None
-
-    async def open(self, last_id: str | None = None, repeat: bool = False) -> Client:
-        self.conn = await connect(ws_url(self.node, self.db), open_timeout=15, compression=None)
-        msg: dict[str, Any] = {"type": "SUBSCRIBE", "collection": self.coll}
-        if last_id is not None:
-            msg["lastId"] = last_id
-        await self.conn.send(json.dumps(msg))
-        if repeat:  # the SDK's open handler plus subscribe() on an open socket
-            await self.conn.send(json.dumps(msg))
-        self.task = asyncio.create_task(self._read(self.conn))
-        await self.wait_subscribed(2 if repeat else 1)
-        return self
-
-    async def _read(self, conn: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in conn:
-                msg = json.loads(raw)
-                if msg.get("type") == "SUBSCRIBED":
-                    self.subscribed.append(msg)
-                for ev in msg.get("events") or ():
-                    assert msg["collection"] == self.coll
-                    self.ids.append(ev["id"])
-                    sent = (ev["data"].get("record") or {}).get("sent")
-                    if sent:
-                        self.latencies.append(time.time() - sent)
-
-    async def wait_subscribed(self, count: int, timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.subscribed) < count:
-                await asyncio.sleep(0.01)
-
-    async def wait_ids(self, count: int, timeout: float = 30) -> list[str]:
-        try:
-            async with asyncio.timeout(timeout):
-                while len(self.ids) < count:
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            pass
-        return self.ids
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
-        if self.task is not None:
-            await self.task
-
-
-async def settle(predicate: Any, timeout: float = 30) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-
-
-# ---------------------------------------------------------------- tests
-
-
-async def test_every_subscriber_on_both_nodes_gets_each_event_once_in_order(stack: Stack) -> None:
+async def test_every_subscriber_on_both_nodes_gets_each_event_once_in_order(
+    stack: Stack[RedisTarget],
+) -> None:
     clients = [
         await Client(node, "shop", "orders").open() for node in stack.nodes for _ in range(3)
     ]
@@ -226,7 +53,9 @@ async def test_every_subscriber_on_both_nodes_gets_each_event_once_in_order(stac
         await c.close()
 
 
-async def test_client_resumes_on_other_node_with_exactly_what_it_missed(stack: Stack) -> None:
+async def test_client_resumes_on_other_node_with_exactly_what_it_missed(
+    stack: Stack[RedisTarget],
+) -> None:
     a, b = stack.nodes
     reference = await Client(b, "shop", "resume").open()
     moving = await Client(a, "shop", "resume").open()
@@ -249,7 +78,7 @@ async def test_client_resumes_on_other_node_with_exactly_what_it_missed(stack: S
         await c.close()
 
 
-async def test_sdk_frame_sequence_gets_no_duplicates(stack: Stack) -> None:
+async def test_sdk_frame_sequence_gets_no_duplicates(stack: Stack[RedisTarget]) -> None:
     poster = Poster(stack.ingest)
     first = await asyncio.to_thread(poster.many, "shop", "sdk", 6)
     # reconnect as the SDK does: SUBSCRIBE with lastId on open, then the same again
@@ -269,7 +98,7 @@ async def test_sdk_frame_sequence_gets_no_duplicates(stack: Stack) -> None:
     await fresh.close()
 
 
-async def test_last_id_zero_replays_everything_retained(stack: Stack) -> None:
+async def test_last_id_zero_replays_everything_retained(stack: Stack[RedisTarget]) -> None:
     ids = await asyncio.to_thread(Poster(stack.ingest).many, "shop", "zero", 12)
     client = await Client(stack.nodes[1], "shop", "zero").open(last_id="0")
     assert client.subscribed[0]["recovered"] is True
@@ -278,7 +107,7 @@ async def test_last_id_zero_replays_everything_retained(stack: Stack) -> None:
     await client.close()
 
 
-async def test_trimmed_last_id_is_reported_not_recovered(stack: Stack) -> None:
+async def test_trimmed_last_id_is_reported_not_recovered(stack: Stack[RedisTarget]) -> None:
     ids = await asyncio.to_thread(Poster(stack.ingest).many, "shop", "trim", 10)
     stack.redis.client().xtrim("vski:{shop/trim}:s", maxlen=3, approximate=False)
     client = await Client(stack.nodes[0], "shop", "trim").open(last_id=ids[2])
@@ -293,7 +122,7 @@ async def test_trimmed_last_id_is_reported_not_recovered(stack: Stack) -> None:
     await foreign.close()
 
 
-async def test_databases_are_isolated(stack: Stack) -> None:
+async def test_databases_are_isolated(stack: Stack[RedisTarget]) -> None:
     one = await Client(stack.nodes[0], "db_one", "posts").open()
     two = await Client(stack.nodes[0], "db_two", "posts").open()
     two_b = await Client(stack.nodes[1], "db_two", "posts").open()
@@ -357,7 +186,9 @@ def drain_until_closed(sock: socket.socket, timeout: float = 30) -> tuple[str, b
         return "timeout", tail
 
 
-async def test_slow_consumer_is_closed_others_unaffected_memory_bounded(stack: Stack) -> None:
+async def test_slow_consumer_is_closed_others_unaffected_memory_bounded(
+    stack: Stack[RedisTarget],
+) -> None:
     node = stack.nodes[0]
     stalled = await asyncio.to_thread(stalled_client, node, "shop", "slow")
     fast = [await Client(node, "shop", "slow").open() for _ in range(3)]
@@ -457,7 +288,7 @@ async def test_redis_restart_during_stream_loses_no_answered_event(
         assert json.loads(status)["status"] == "ready"
 
 
-async def test_subscribe_storm_to_new_collections_all_succeed(stack: Stack) -> None:
+async def test_subscribe_storm_to_new_collections_all_succeed(stack: Stack[RedisTarget]) -> None:
     """A reconnect storm (e.g. after another node drained): 300 SUBSCRIBEs at once to 100
     collections this node does not read yet; every one is answered SUBSCRIBED and live."""
     node = stack.nodes[1]

@@ -15,7 +15,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -30,8 +30,8 @@ from tests.support.chaos import (
     sum_delivery,
     wait_for,
 )
-from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer, redis_server
+from tests.support.stack import Stack, stack_on
 
 DB = "chaos"
 NODE_ENV = {"FANOUT_DRAIN_SECONDS": "3", "FANOUT_CLIENT_RATE": "1000"}
@@ -39,25 +39,17 @@ DOWN_SECONDS = 3.0
 PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    ingest: Proc
-    nodes: list[Proc] = field(default_factory=list)
-
-
 @contextlib.contextmanager
-def stack_with(*redis_args: str) -> Iterator[Stack]:
-    with redis_server(*redis_args) as srv:
-        ingest = ingest_proc(srv.url, workers=2, REDIS_TIMEOUT="1").start()
-        stack = Stack(srv, ingest)
-        try:
-            for _ in range(2):
-                stack.nodes.append(fanout_proc(srv.url, REDIS_TIMEOUT="1", **NODE_ENV).start())
-            yield stack
-        finally:
-            for p in (*stack.nodes, ingest):
-                p.stop()
+def stack_with(*redis_args: str) -> Iterator[Stack[RedisServer]]:
+    """A fresh server (``redis_args`` on its command line) with ingest and two fanout nodes that
+    give up on Redis after 1 s: the outage is what these tests are about."""
+    with (
+        redis_server(*redis_args) as srv,
+        stack_on(
+            srv, node_env=NODE_ENV, ingest_env={"REDIS_TIMEOUT": "1"}, REDIS_TIMEOUT="1"
+        ) as stack,
+    ):
+        yield stack
 
 
 @dataclass
@@ -72,7 +64,7 @@ class Outage:
 
 
 async def outage_under_load(
-    stack: Stack, coll: str, *, persistent: bool, kill: bool = False
+    stack: Stack[RedisServer], coll: str, *, persistent: bool, kill: bool = False
 ) -> Outage:
     ports = [n.port for n in stack.nodes]
     clients = [ResumingClient(ports, DB, [coll], start=i % 2, delay=0.2).begin() for i in range(6)]
@@ -118,7 +110,7 @@ async def ready(port: int, timeout: float = 20) -> bool:
     return False
 
 
-def retained(stack: Stack, coll: str) -> list[str]:
+def retained(stack: Stack[RedisServer], coll: str) -> list[str]:
     return stream_ids(stack.redis.client(), DB, coll)
 
 

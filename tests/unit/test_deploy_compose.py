@@ -1,29 +1,22 @@
 """deploy/compose checked against the code (no Docker engine here, so the files are read).
 
 Every variable the services set is one the code reads and the README documents; every variable
-the code reads is documented; ports agree between binds, EXPOSE, health checks and nginx; the
-exact health-check commands of the Dockerfile and compose succeed against the real tiers.
+the code reads is documented; ports agree between binds, EXPOSE, health checks and nginx. That
+the health-check commands succeed against the real tiers: e2e/test_deploy_healthchecks.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.procs import Proc, fanout_proc, ingest_proc
-from tests.support.redis_server import RedisServer
+from tests.support import ROOT
+from tests.support.deploy_files import COMPOSE, dockerfile_targets, load
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a test extra (pip install -e .[test])")
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "deploy" / "compose"
 CODE_DIRS = ("common", "ingest", "fanout", "devstack")
 ENV_NAME = re.compile(r"[\"']([A-Z][A-Z0-9]*_[A-Z0-9_]+)[\"']")
 # upper-case string literals in the code that are not environment variables
@@ -46,11 +39,6 @@ def readme_section(heading: str) -> str:
     assert start != -1, f"README.md lost its '## {heading}' section"
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
-
-
-def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((COMPOSE / name).read_text())
-    return data
 
 
 def merged() -> dict[str, Any]:
@@ -113,16 +101,10 @@ def _port(bind: str) -> int:
     return int(bind.rsplit(":", 1)[1])
 
 
-def _dockerfile_targets() -> dict[str, str]:
-    text = (COMPOSE / "Dockerfile").read_text()
-    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\w+)\s*$", text, flags=re.M)
-    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
-
-
 def test_dockerfile_targets_are_slim_non_root_with_health_checks() -> None:
     text = (COMPOSE / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim AS base$", text, flags=re.M)
-    targets = _dockerfile_targets()
+    targets = dockerfile_targets()
     assert {"base", "ingest", "fanout"} <= set(targets)
     assert re.search(r"^USER (?!root|0)", targets["base"], flags=re.M), "must not run as root"
     scripts = (ROOT / "pyproject.toml").read_text()
@@ -193,41 +175,3 @@ def test_stop_grace_outlasts_the_tiers_own_drain() -> None:
     assert seconds(services["ingest"]["stop_grace_period"]) > int(
         service_env(services["ingest"])["INGEST_GRACEFUL_TIMEOUT"]
     )
-
-
-@pytest.fixture(scope="module")
-def tiers(redis_mod: RedisServer) -> Iterator[dict[str, Proc]]:
-    procs = {
-        "ingest": ingest_proc(redis_mod.url, workers=1).start(),
-        "fanout": fanout_proc(redis_mod.url).start(),
-    }
-    try:
-        yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
-
-
-def _run_check(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert cmd[0] == "CMD"
-    argv = [sys.executable if cmd[1] == "python" else cmd[1], *cmd[2:]]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
-
-
-@pytest.mark.parametrize("tier", ["ingest", "fanout"])
-def test_the_health_check_commands_pass_against_the_real_tier(
-    tier: str, tiers: dict[str, Proc]
-) -> None:
-    proc = tiers[tier]
-    env = {**os.environ, f"{tier.upper()}_BIND": f"127.0.0.1:{proc.port}"}
-    compose_cmd = load("compose.yaml")["services"][tier]["healthcheck"]["test"]
-    ok = _run_check(compose_cmd, env)
-    assert ok.returncode == 0, ok.stderr
-    body = _dockerfile_targets()[tier]
-    m = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", body)
-    assert m, "HEALTHCHECK CMD not found"
-    docker_cmd = ["CMD", *yaml.safe_load(m.group(1))]
-    assert _run_check(docker_cmd, env).returncode == 0
-    # and it fails when nothing answers there (so it can catch a dead tier)
-    dead = {**env, f"{tier.upper()}_BIND": "127.0.0.1:9"}
-    assert _run_check(compose_cmd, dead).returncode != 0

@@ -23,25 +23,11 @@ from tests.support.redis_cluster import (
     post_webhook,
     webhook_body,
 )
+from tests.support.stack import NODE_ENV
 from tests.support.tokens import make_token
-from tests.test_fanout_e2e import NODE_ENV, Client
+from tests.support.ws_client import Client
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _collections_per_master(
-    cluster: RedisClusterFixture, db: str, per_master: int
-) -> dict[int, list[str]]:
-    """Collection names chosen so that each master owns ``per_master`` of them."""
-    out: dict[int, list[str]] = {m.port: [] for m in cluster.masters()}
-    i = 0
-    while any(len(v) < per_master for v in out.values()):
-        name = f"load{i}"
-        i += 1
-        port = cluster.owner_of(collection_keys(db, name).stream).port
-        if len(out[port]) < per_master:
-            out[port].append(name)
-    return out
 
 
 def _run_failover(
@@ -54,7 +40,7 @@ def _run_failover(
     after: float,
 ) -> dict[str, int]:
     db = f"fo{int(time.time() * 1000) % 10**8}"
-    by_master = _collections_per_master(cluster, db, 2)
+    by_master = cluster.collections_per_master(db, 2, "load")
     victim = cluster.masters()[0]
     victim_colls = by_master[victim.port]
     colls = [c for v in by_master.values() for c in v]

@@ -36,8 +36,9 @@ from tests.support.chaos import (
     wait_for,
     ws_url,
 )
-from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
+from tests.support.stack import Stack, stack_on
 
 DB = "soak"
 COLLS = [f"c{i}" for i in range(20)]
@@ -45,22 +46,10 @@ STABLE = ["stable0", "stable1"]
 RSS_RATIO, RSS_SLACK_KB = 0.25, 10_240
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    ingest: Proc
-    nodes: list[Proc]
-
-
 @pytest.fixture
-def stack(redis_srv: RedisServer) -> Iterator[Stack]:
-    ingest = ingest_proc(redis_srv.url, workers=2).start()
-    nodes = [fanout_proc(redis_srv.url, FANOUT_CLIENT_RATE="1000").start() for _ in range(2)]
-    try:
-        yield Stack(redis_srv, ingest, nodes)
-    finally:
-        for p in (*nodes, ingest):
-            p.stop()
+def stack(redis_srv: RedisServer) -> Iterator[Stack[RedisServer]]:
+    with stack_on(redis_srv, node_env={"FANOUT_CLIENT_RATE": "1000"}) as s:
+        yield s
 
 
 @dataclass(eq=False)
@@ -145,7 +134,7 @@ def gauge(node: Proc, name: str) -> float:
     return -1.0 if value is None else value
 
 
-async def soak(stack: Stack, seconds: float, population: int, label: str) -> None:
+async def soak(stack: Stack[RedisServer], seconds: float, population: int, label: str) -> None:
     ports = [n.port for n in stack.nodes]
     stable = [ResumingClient(ports, DB, STABLE, start=i % 2).begin() for i in range(4)]
     assert await wait_for(lambda: all(len(c.subscribed) >= 2 for c in stable), 20)
@@ -208,11 +197,11 @@ async def soak(stack: Stack, seconds: float, population: int, label: str) -> Non
             assert g.bounded(RSS_RATIO, RSS_SLACK_KB), f"{name}: {g}"
 
 
-async def test_soak_short(stack: Stack) -> None:
+async def test_soak_short(stack: Stack[RedisServer]) -> None:
     await soak(stack, 20.0, 80, "churn soak, short (20 s)")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_soak_long(stack: Stack) -> None:
+async def test_soak_long(stack: Stack[RedisServer]) -> None:
     await soak(stack, 180.0, 200, "churn soak, long (3 min)")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from common.keys import collection_keys
+from tests.support.groups import FAST, LIMIT, Ledger, client, nodes_started, publish, until
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_cluster import RedisClusterFixture
-from tests.test_groups_e2e import FAST, LIMIT, Ledger, client, nodes_started, publish, until
 
 pytestmark = pytest.mark.timeout(120)
 

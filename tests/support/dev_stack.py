@@ -1,8 +1,8 @@
-"""Helpers shared by the dev-stack, console and deploy tests (this module holds no tests).
+"""The real ``vski-realtime dev`` command as a user runs it, for the dev-stack and console tests.
 
-``DevStack`` runs the real ``vski-realtime dev`` command as a user would, on free ports, and
-parses what it prints; ``Chromium`` drives Debian's headless Chromium over the DevTools protocol
-with the ``websockets`` library (no Selenium/Playwright download needed).
+:class:`DevStack` starts it on free ports (or exactly as the README says, ``python3 dev.py up``),
+collects and parses what it prints, and stops it leaving no process behind. ``Chromium`` drives
+Debian's headless Chromium over the DevTools protocol with the ``websockets`` library.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
+from devstack.ports import free_port, free_port_run
+from tests.support import ROOT
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def group_alive(pgid: int) -> bool:
@@ -37,25 +37,6 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def _consecutive_free(n: int) -> int:
-    for _ in range(200):
-        base = free_port()
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
     return True
 
 
@@ -72,6 +53,7 @@ class DevStack:
     fanout_port: int = 0
     console_port: int = 0
     via_dev_py: bool = False  # start it exactly as the README says: python3 dev.py up
+    _pids: dict[str, int] = field(default_factory=dict, repr=False)
 
     def command(self) -> list[str]:
         if self.via_dev_py:
@@ -87,7 +69,7 @@ class DevStack:
         return [str(BIN / "vski-realtime"), "--state-dir", str(self.state), "dev", *self.args]
 
     def start(self, timeout: float = 90) -> DevStack:
-        self.fanout_port = _consecutive_free(2)
+        self.fanout_port = free_port_run(2)
         self.ingest_port = free_port()
         self.console_port = free_port()
         self.args = [
@@ -168,6 +150,15 @@ class DevStack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
+
+    def __enter__(self) -> DevStack:
+        """Start it; on exit stop it and every process it reported (see :meth:`cleanup`)."""
+        self.start()
+        self._pids = self.info()["pids"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup(self._pids)
 
     def cleanup(self, pids: dict[str, int] | None = None, *, keep_state: bool = False) -> None:
         """Never leave anything behind, even when a test failed half-way."""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_devstack_support import Chromium, DevStack, find_chromium
+from tests.support.dev_stack import Chromium, DevStack, find_chromium
+from tests.support.ingest_http import post_titled
 
 pytestmark = pytest.mark.browser
 
@@ -24,12 +25,8 @@ CHROMIUM = find_chromium()
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[DevStack]:
-    s = DevStack(args=["--quiet"]).start()
-    pids = s.info()["pids"]
-    try:
+    with DevStack(args=["--quiet"]) as s:
         yield s
-    finally:
-        s.cleanup(pids)
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +41,9 @@ def browser() -> Iterator[Chromium]:
 
 
 def _post(stack: DevStack, coll: str, title: str) -> str:
-    body = json.dumps(
-        {
-            "database": "postgres",
-            "collection": coll,
-            "action": "create",
-            "id": title,
-            "record": {"id": title, "title": title},
-        }
-    ).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{stack.ingest_port}/webhook",
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.token}"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return str(json.loads(resp.read())["id"])
+    status, answer = post_titled(f"http://127.0.0.1:{stack.ingest_port}", coll, title, stack.token)
+    assert status == 200, answer
+    return str(answer["id"])
 
 
 def _titles(b: Chromium) -> list[str]:

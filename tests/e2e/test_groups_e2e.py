@@ -1,222 +1,65 @@
 """Consumer groups end to end: real redis-server, ``vski-ingest`` and ``vski-fanout`` processes,
 WebSocket clients that behave like the SDK (SUBSCRIBE with ``group``, ACK each event's ackId).
 
-Every test uses its own collection; the Redis server and ingest are shared by the module, fanout
-nodes are started per test (some tests kill them).
+Every test uses its own collection; the Redis and ingest are shared by the module, fanout
+nodes are started per test (some tests kill them). Each test runs on a standalone redis-server
+and on the Redis Cluster (``redis_backend``), except the one that restarts its own server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.ingest_http import post_webhook, webhook_body
-from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.backends import RedisTarget
+from tests.support.groups import (
+    FAST,
+    LIMIT,
+    SLOW,
+    GroupClient,
+    Ledger,
+    client,
+    nodes,
+    pending,
+    publish,
+    silent_consumer,
+    stream_key,
+    until,
+)
+from tests.support.procs import Proc, ingest_proc
 from tests.support.redis_server import RedisServer
-from tests.support.tokens import make_token
 
 pytestmark = pytest.mark.timeout(90)
 
-LIMIT = 4  # FANOUT_GROUP_MAX_INFLIGHT in these tests
-FAST = {  # short visibility timeout: reclaim is under test
-    "FANOUT_GROUP_MAX_INFLIGHT": str(LIMIT),
-    "FANOUT_GROUP_VISIBILITY_SECONDS": "2",
-    "FANOUT_GROUP_RECLAIM_SECONDS": "0.5",
-}
-SLOW = {  # long visibility timeout: anything arriving sooner came by another path
-    "FANOUT_GROUP_MAX_INFLIGHT": str(LIMIT),
-    "FANOUT_GROUP_VISIBILITY_SECONDS": "60",
-    "FANOUT_GROUP_RECLAIM_SECONDS": "0.5",
-}
-
 
 @pytest.fixture(scope="module")
-def ingest(redis_mod: RedisServer) -> Iterator[Proc]:
-    proc = ingest_proc(redis_mod.url, workers=2).start()
+def ingest(redis_backend: RedisTarget) -> Iterator[Proc]:
+    proc = ingest_proc(redis_backend, workers=2).start()
     try:
         yield proc
     finally:
         proc.stop()
 
 
-async def nodes_started(procs: list[Proc]) -> list[Proc]:
-    await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
-    return procs
-
-
-@asynccontextmanager
-async def nodes(redis: RedisServer, count: int, env: dict[str, str]) -> AsyncIterator[list[Proc]]:
-    procs = [fanout_proc(redis.url, **env) for _ in range(count)]
-    try:
-        yield await nodes_started(procs)
-    finally:
-        for p in procs:
-            p.stop()
-
-
-async def publish(
-    ingest: Proc, collection: str, count: int, start: int = 0, pause: float = 0.0
-) -> None:
-    def send() -> None:
-        for i in range(start, start + count):
-            body = webhook_body(collection=collection, record_id=f"r{i}")
-            reply = post_webhook(ingest.port, body)
-            assert reply.status == 200, reply.body
-            time.sleep(pause)
-
-    await asyncio.to_thread(send)
-
-
-@dataclass
-class Ledger:
-    """What all members of one group saw: who holds which event, and every accepted ACK."""
-
-    holders: dict[str, str] = field(default_factory=dict)
-    acks: collections.Counter[str] = field(default_factory=collections.Counter)
-    overlaps: list[str] = field(default_factory=list)
-
-
-class Client:
-    """An SDK-like connection: records EVENT ids, ERRORs, and (if ``ack``) ACKs each event."""
-
-    def __init__(self, name: str, conn: ClientConnection, ledger: Ledger | None, ack: bool):
-        self.ack_delay = 0.0  # handling time before the ACK
-        self.name = name
-        self.conn = conn
-        self.ledger = ledger
-        self.ack = ack
-        self.received: list[str] = []
-        self.errors: list[dict[str, Any]] = []
-        self.subscribed: list[dict[str, Any]] = []
-        self.group: str | None = None
-        self.collection = ""
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with suppress(ConnectionClosed):
-            async for raw in self.conn:
-                msg = json.loads(raw)
-                if msg["type"] == "SUBSCRIBED":
-                    self.subscribed.append(msg)
-                elif msg["type"] == "ERROR":
-                    self.errors.append(msg)
-                elif msg["type"] == "EVENT":
-                    for event in msg["events"]:
-                        await self._on_event(event)
-
-    async def _on_event(self, event: dict[str, Any]) -> None:
-        eid = event["id"]
-        self.received.append(eid)
-        if self.group is None:
-            assert "ackId" not in event
-            return
-        assert event["ackId"] == eid
-        ledger = self.ledger if self.ledger is not None else Ledger()
-        holder = ledger.holders.get(eid)
-        if holder is not None and holder != self.name:
-            ledger.overlaps.append(f"{eid} at {holder} and {self.name}")
-        ledger.holders[eid] = self.name
-        if self.ack:
-            if self.ack_delay:
-                await asyncio.sleep(self.ack_delay)
-            await self.send_ack(eid)
-            ledger.acks[eid] += 1
-            ledger.holders.pop(eid, None)
-
-    async def send_ack(self, ack_id: str, group: str | None = None) -> None:
-        msg = {"type": "ACK", "collection": self.collection, "id": ack_id}
-        msg["group"] = group or self.group or ""
-        await self.conn.send(json.dumps(msg))
-
-    async def subscribe(
-        self, collection: str, group: str | None = None, last_id: str | None = None
-    ) -> None:
-        self.collection = collection
-        self.group = group
-        msg: dict[str, Any] = {"type": "SUBSCRIBE", "collection": collection}
-        if group is not None:
-            msg["group"] = group
-        if last_id is not None:
-            msg["lastId"] = last_id
-        before = len(self.subscribed)
-        await self.conn.send(json.dumps(msg))
-        assert await until(lambda: len(self.subscribed) > before, 10), self.errors
-
-    def forget_holdings(self) -> None:
-        """This member is gone: what it held is free to go elsewhere."""
-        if self.ledger is not None:
-            for eid in [e for e, h in self.ledger.holders.items() if h == self.name]:
-                del self.ledger.holders[eid]
-
-    async def close(self) -> None:
-        await self.conn.close()
-        self.forget_holdings()
-        with suppress(Exception):
-            await asyncio.wait_for(self.task, 5)
-
-
-@asynccontextmanager
-async def client(
-    node: Proc, name: str, ledger: Ledger | None = None, *, ack: bool = True
-) -> AsyncIterator[Client]:
-    url = f"{node.ws_url}/api/realtime?db=postgres&auth={make_token()}"
-    async with connect(url, open_timeout=10, compression=None) as conn:
-        c = Client(name, conn, ledger, ack)
-        try:
-            yield c
-        finally:
-            c.task.cancel()
-            with suppress(BaseException):
-                await c.task
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
-
-
-def stream_key(collection: str) -> str:
-    return f"vski:{{postgres/{collection}}}:s"
-
-
-def pending(redis: RedisServer, collection: str, group: str) -> dict[str, int]:
-    """Pending entries per consumer, straight from Redis."""
-    info = redis.client().xpending(stream_key(collection), group)
-    return {c["name"].decode(): int(c["pending"]) for c in info["consumers"]}
-
-
-def silent_consumer(redis: RedisServer, collection: str) -> str:
-    """The one consumer holding entries (when exactly one does)."""
-    (name,) = pending(redis, collection, "g")
-    return name
-
-
 # ---------------------------------------------------------------------------------------------
 
 
 async def test_members_on_two_nodes_share_events_each_acked_once_and_plain_gets_all(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     coll, n = "jobs_share", 60
     ledger = Ledger()
     async with (
-        nodes(redis_mod, 2, FAST) as (a, b),
+        nodes(redis_backend, 2, FAST) as (a, b),
         client(a, "a1", ledger) as a1,
         client(a, "a2", ledger) as a2,
         client(b, "b1", ledger) as b1,
@@ -265,7 +108,7 @@ async def test_members_on_two_nodes_share_events_each_acked_once_and_plain_gets_
         assert plain.errors[0]["code"] == "invalid_ack"
         await asyncio.sleep(0.5)
         assert set(ledger.acks.values()) == {1}
-        assert await until(lambda: not pending(redis_mod, coll, "mailers"), 10)
+        assert await until(lambda: not pending(redis_backend, coll, "mailers"), 10)
 
         # metrics: acks, deliveries, and the pending gauge of this group
         def metric_lines() -> list[str]:
@@ -288,17 +131,17 @@ async def test_members_on_two_nodes_share_events_each_acked_once_and_plain_gets_
         assert values["vski_fanout_group_members"] == 3  # a1, a2 and the outsider on node A
 
         # group last use is recorded for the idle-group cleanup
-        score = redis_mod.client().zscore(f"vski:{{postgres/{coll}}}:g", "mailers")
+        score = redis_backend.client().zscore(f"vski:{{postgres/{coll}}}:g", "mailers")
         assert score is not None and abs(score / 1000 - time.time()) < 60
 
 
 async def test_disconnected_members_events_go_to_another_member_at_once(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     """Visibility timeout 60 s: events arriving within seconds came by the disconnect path."""
     coll = "jobs_leave"
     ledger = Ledger()
-    async with nodes(redis_mod, 2, SLOW) as (a, b), client(b, "taker", ledger) as taker:
+    async with nodes(redis_backend, 2, SLOW) as (a, b), client(b, "taker", ledger) as taker:
         # across nodes: the leaver on A, the taker on B
         async with client(a, "silent", ledger, ack=False) as silent:
             await silent.subscribe(coll, "g")
@@ -312,10 +155,12 @@ async def test_disconnected_members_events_go_to_another_member_at_once(
             await taker.send_ack(held[0])
             assert await until(lambda: len(taker.errors) == 1, 10)
             assert taker.errors[0]["code"] == "invalid_ack"
-            assert await until(lambda: sum(pending(redis_mod, coll, "g").values()) == LIMIT)
+            assert await until(lambda: sum(pending(redis_backend, coll, "g").values()) == LIMIT)
             await asyncio.sleep(1.0)
             assert len(taker.received) == 1
-            assert pending(redis_mod, coll, "g") == {silent_consumer(redis_mod, coll): LIMIT}
+            assert pending(redis_backend, coll, "g") == {
+                silent_consumer(redis_backend, coll): LIMIT
+            }
             started = time.monotonic()
             await silent.close()
         assert await until(lambda: set(held) <= set(taker.received), 15), taker.received
@@ -334,23 +179,23 @@ async def test_disconnected_members_events_go_to_another_member_at_once(
         assert await until(lambda: set(held2) <= set(taker.received), 15)
         leave_local = time.monotonic() - started
         assert ledger.overlaps == []
-        assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+        assert await until(lambda: not pending(redis_backend, coll, "g"), 10)
         assert all(count == 1 for count in ledger.acks.values())
         print(
             f"redelivery after disconnect: cross-node {leave_cross:.2f}s, local {leave_local:.2f}s"
         )
         # departed members' consumers are deleted, not piled up
-        consumers = redis_mod.client().xinfo_consumers(stream_key(coll), "g")
+        consumers = redis_backend.client().xinfo_consumers(stream_key(coll), "g")
         assert len([c for c in consumers if c["pending"] == 0]) <= 2
 
 
 async def test_kill_9_node_its_unacked_events_are_delivered_by_the_other_node(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     coll = "jobs_crash"
     ledger = Ledger()
     async with (
-        nodes(redis_mod, 2, FAST) as (a, b),
+        nodes(redis_backend, 2, FAST) as (a, b),
         client(a, "doomed", ledger, ack=False) as doomed,
         client(b, "survivor", ledger) as survivor,
     ):
@@ -365,18 +210,20 @@ async def test_kill_9_node_its_unacked_events_are_delivered_by_the_other_node(
         doomed.forget_holdings()
         assert await until(lambda: set(held) <= set(survivor.received), 20)
         assert len(ledger.acks) == LIMIT + 6
-        assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+        assert await until(lambda: not pending(redis_backend, coll, "g"), 10)
         # the dead node's consumers are pruned (pending 0, idle past the timeout)
-        r = redis_mod.client()
+        r = redis_backend.client()
         assert await until(lambda: len(r.xinfo_consumers(stream_key(coll), "g")) == 1, 20), (
             r.xinfo_consumers(stream_key(coll), "g")
         )
 
 
-async def test_inflight_limit_and_visibility_timeout(redis_mod: RedisServer, ingest: Proc) -> None:
+async def test_inflight_limit_and_visibility_timeout(
+    redis_backend: RedisTarget, ingest: Proc
+) -> None:
     coll = "jobs_limit"
     ledger = Ledger()
-    async with nodes(redis_mod, 1, FAST) as (a,), client(a, "hog", ledger, ack=False) as hog:
+    async with nodes(redis_backend, 1, FAST) as (a,), client(a, "hog", ledger, ack=False) as hog:
         await hog.subscribe(coll, "g")
         await publish(ingest, coll, 3 * LIMIT)
         assert await until(lambda: len(hog.received) == LIMIT, 10)
@@ -395,14 +242,14 @@ async def test_inflight_limit_and_visibility_timeout(redis_mod: RedisServer, ing
             assert len(hog.received) - before <= 1
             hog.forget_holdings()
             assert await until(lambda: len(ledger.acks) == 5 * LIMIT, 15)  # the timeout again
-            assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+            assert await until(lambda: not pending(redis_backend, coll, "g"), 10)
 
 
 async def test_group_without_members_keeps_backlog_and_new_group_from_zero(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     coll = "jobs_backlog"
-    async with nodes(redis_mod, 2, FAST) as (a, b):
+    async with nodes(redis_backend, 2, FAST) as (a, b):
         async with client(a, "first") as first:
             await first.subscribe(coll, "g")
             await first.conn.send(
@@ -430,14 +277,14 @@ async def test_group_without_members_keeps_backlog_and_new_group_from_zero(
 
 
 async def test_valid_acks_do_not_count_against_the_message_rate_limit(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     """A member handling more events/s than FANOUT_CLIENT_RATE must not be closed as a flood;
     invalid ACKs still count."""
     coll, n = "jobs_rate", 40
     env = {**FAST, "FANOUT_CLIENT_RATE": "2", "FANOUT_CLIENT_BURST": "10"}
     ledger = Ledger()
-    async with nodes(redis_mod, 1, env) as (a,), client(a, "busy", ledger) as busy:
+    async with nodes(redis_backend, 1, env) as (a,), client(a, "busy", ledger) as busy:
         await busy.subscribe(coll, "g")
         await publish(ingest, coll, n)
         assert await until(lambda: len(ledger.acks) == n, 20), len(ledger.acks)
@@ -450,14 +297,14 @@ async def test_valid_acks_do_not_count_against_the_message_rate_limit(
 
 
 async def test_draining_node_hands_its_members_events_to_the_other_node(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     """SIGTERM (a rolling restart): visibility timeout 60 s, so events that arrive within
     seconds were handed on by the drain, not reclaimed by the timeout."""
     coll = "jobs_drain"
     ledger = Ledger()
     async with (
-        nodes(redis_mod, 2, SLOW) as (a, b),
+        nodes(redis_backend, 2, SLOW) as (a, b),
         client(a, "draining", ledger, ack=False) as draining,
         client(b, "staying", ledger) as staying,
     ):
@@ -469,7 +316,7 @@ async def test_draining_node_hands_its_members_events_to_the_other_node(
         await asyncio.to_thread(a.stop)  # SIGTERM, waits for the exit
         draining.forget_holdings()
         assert await until(lambda: set(held) <= set(staying.received), 15)
-        assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+        assert await until(lambda: not pending(redis_backend, coll, "g"), 10)
 
 
 async def test_redis_restart_losing_data_group_is_recreated_and_delivery_goes_on(
@@ -514,21 +361,21 @@ async def test_redis_restart_losing_data_group_is_recreated_and_delivery_goes_on
 
 
 async def test_abandoned_groups_are_destroyed_after_retention_used_ones_stay(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     """Group state unused for longer than retention does not pile up, even on collections whose
     streams never expire (events keep arriving): on a collection with a member of another group
     (swept by that group's worker) and on one with no group member left (the node's janitor)."""
     busy, quiet = "jobs_sweep_busy", "jobs_sweep_quiet"
     env = {**FAST, "RETENTION_SECONDS": "2"}  # the nodes' idea of retention: sweep after 2 s
-    r = redis_mod.client()
+    r = redis_backend.client()
 
     def groups(coll: str) -> set[bytes]:
         return {g["name"] for g in r.xinfo_groups(stream_key(coll))}
 
     for coll in (busy, quiet):
         await publish(ingest, coll, 1)
-    async with nodes(redis_mod, 1, env) as (a,), client(a, "kept", Ledger()) as kept:
+    async with nodes(redis_backend, 1, env) as (a,), client(a, "kept", Ledger()) as kept:
         await kept.subscribe(busy, "kept")
         for coll in (busy, quiet):
             async with client(a, "gone") as gone:
@@ -547,7 +394,7 @@ async def test_abandoned_groups_are_destroyed_after_retention_used_ones_stay(
 
 
 async def test_members_churning_over_two_nodes_lose_no_event(
-    redis_mod: RedisServer, ingest: Proc
+    redis_backend: RedisTarget, ingest: Proc
 ) -> None:
     """Events flow while members keep leaving and joining on both nodes: every event is ACKed
     (at-least-once); duplicates can only come from members that left holding events."""
@@ -556,8 +403,8 @@ async def test_members_churning_over_two_nodes_lose_no_event(
     coll, n = "jobs_churn", 200
     ledger = Ledger()
     rng = random.Random(7)
-    async with nodes(redis_mod, 2, SLOW) as procs:
-        members: list[tuple[Client, Any]] = []
+    async with nodes(redis_backend, 2, SLOW) as procs:
+        members: list[tuple[GroupClient, Any]] = []
 
         async def join(i: int) -> None:
             cm = client(procs[i % 2], f"m{i}", ledger)
@@ -582,7 +429,7 @@ async def test_members_churning_over_two_nodes_lose_no_event(
             i += 1
         await publisher
         assert await until(lambda: len(ledger.acks) == n, 20), len(ledger.acks)
-        assert await until(lambda: not pending(redis_mod, coll, "g"), 10)
+        assert await until(lambda: not pending(redis_backend, coll, "g"), 10)
         duplicates = sum(c - 1 for c in ledger.acks.values())
         print(f"churn: {i - 4} leaves/joins, {duplicates} duplicate deliveries of {n}")
         assert duplicates <= (i - 4) * LIMIT  # at most what the leavers held

@@ -15,13 +15,13 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support import ROOT
 from tests.support.procs import Proc, fanout_proc
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import make_token
@@ -195,7 +195,7 @@ async def test_subscription_cap_per_connection(node: Proc) -> None:
 
 
 @pytest.mark.skipif(
-    (Path(__file__).parent.parent / "fanout" / "groups.py").exists(),
+    (ROOT / "fanout" / "groups.py").exists(),
     reason="consumer groups are implemented: covered by their own tests",
 )
 async def test_group_messages_answer_groups_unavailable_without_groups(node: Proc) -> None:
@@ -308,38 +308,3 @@ async def test_compression_is_off_by_default_and_allowed_by_setting(
             assert (await recv_json(conn))["type"] == "SUBSCRIBED"
     finally:
         proc.stop()
-
-
-async def test_broadcast_text_encodes_once_and_matches_websockets_framing() -> None:
-    """The prebuilt-frame broadcast must be byte-compatible with a real client, for every
-    length encoding, and fall back to websockets for deflate connections."""
-    from websockets.asyncio.server import ServerConnection, serve
-
-    from fanout.wire import broadcast_text
-
-    conns: list[ServerConnection] = []
-    done = asyncio.Event()
-
-    async def handler(conn: ServerConnection) -> None:
-        conns.append(conn)
-        await done.wait()
-
-    async with serve(handler, "127.0.0.1", 0, compression="deflate") as server:
-        port = server.sockets[0].getsockname()[1]
-        plain = await connect(f"ws://127.0.0.1:{port}", compression=None)
-        deflate = await connect(f"ws://127.0.0.1:{port}", compression="deflate")
-        while len(conns) < 2:
-            await asyncio.sleep(0.01)
-        payloads = [json.dumps({"n": "x" * size}).encode() for size in (1, 200, 70_000)]
-        for payload in payloads:
-            assert broadcast_text(conns, payload) == 2
-        for client in (plain, deflate):
-            for payload in payloads:
-                got = await asyncio.wait_for(client.recv(), 10)
-                assert isinstance(got, str) and got.encode() == payload
-        await plain.close()
-        await asyncio.sleep(0.1)
-        assert broadcast_text(conns, b"{}") == 1  # closed connections are skipped
-        assert await asyncio.wait_for(deflate.recv(), 10) == "{}"
-        await deflate.close()
-        done.set()

@@ -1,7 +1,9 @@
 """POST /webhook against the real app under a real gunicorn (2 workers) and a real Redis.
 
-Every status of PROTOCOL.md §1 except 429/503 (see test_ingest_resilience.py) is provoked here;
-each refusal must be JSON ``{error, message}`` with no trace, and must store nothing.
+Every status of PROTOCOL.md §1 except 429/503 (see reliability/test_ingest_resilience.py) is
+provoked here; each refusal must be JSON ``{error, message}`` with no trace, and must store
+nothing. Every test runs on a standalone redis-server and on the Redis Cluster
+(``redis_backend``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import jwt
 import pytest
 import redis
 
+from tests.support.backends import RedisTarget
 from tests.support.ingest_http import Reply, post_raw, post_webhook, request, webhook_body
 from tests.support.procs import Proc, ingest_proc
-from tests.support.redis_server import RedisServer, redis_server
 from tests.support.tokens import SECRET, make_token
 
 MAX_BODY = 65536
@@ -27,23 +29,24 @@ ID_RE = re.compile(r"^(\d+)-(\d+)@([0-9a-f]{8})$")
 
 
 @pytest.fixture(scope="module")
-def srv() -> Iterator[tuple[RedisServer, Proc]]:
-    with redis_server() as r:
-        p = ingest_proc(r.url, workers=2, INGEST_MAX_BODY_BYTES=str(MAX_BODY)).start()
-        try:
-            yield r, p
-        finally:
-            p.stop()
+def srv(redis_backend: RedisTarget) -> Iterator[tuple[RedisTarget, Proc]]:
+    """gunicorn ingest (2 workers) on the module's Redis, once per backend."""
+    p = ingest_proc(redis_backend, workers=2, INGEST_MAX_BODY_BYTES=str(MAX_BODY)).start()
+    try:
+        yield redis_backend, p
+    finally:
+        p.stop()
 
 
 @pytest.fixture
-def port(srv: tuple[RedisServer, Proc]) -> int:
+def port(srv: tuple[RedisTarget, Proc]) -> int:
     return srv[1].port
 
 
 @pytest.fixture
-def rds(srv: tuple[RedisServer, Proc]) -> redis.Redis:
-    return srv[0].client()
+def rds(srv: tuple[RedisTarget, Proc]) -> redis.Redis:
+    client: redis.Redis = srv[0].client()  # a RedisCluster on the cluster: same commands
+    return client
 
 
 Entries = list[tuple[str, dict[str, object]]]
@@ -385,7 +388,7 @@ def test_metrics_add_up_across_workers(port: int) -> None:
     assert after["vski_ingest_webhook_seconds_count"] >= n + 1
 
 
-def test_token_never_logged(srv: tuple[RedisServer, Proc]) -> None:
+def test_token_never_logged(srv: tuple[RedisTarget, Proc]) -> None:
     _, proc = srv
     wrong = make_token("a-secret-that-the-server-does-not-know!!")
     post_webhook(proc.port, webhook_body(collection="leak"), token=wrong)

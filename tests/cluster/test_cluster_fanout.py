@@ -14,61 +14,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from common.keys import collection_keys
-from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.backends import ClusterBackend
 from tests.support.redis_cluster import ClusterNode, RedisClusterFixture, WebhookLoad, key_slot
+from tests.support.stack import Stack, stack_on
 from tests.support.tokens import make_token
-from tests.test_fanout_e2e import NODE_ENV, Client, settle
+from tests.support.ws_client import Client, settle
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@dataclass
-class ClusterStack:
-    cluster: RedisClusterFixture
-    ingest: Proc
-    nodes: list[Proc]
+# the stack of this module: its Redis is the session's cluster (``cstack.redis.cluster``)
+ClusterStack = Stack[ClusterBackend]
 
 
 @pytest.fixture(scope="module")
 def cstack(redis_cluster_session: RedisClusterFixture) -> Iterator[ClusterStack]:
-    cluster = redis_cluster_session
-    cluster.wait_ok()
-    env = {"REDIS_CLUSTER": "true"}
-    ingest = ingest_proc(
-        cluster.url,
-        workers=2,
-        INGEST_WAIT_REPLICAS="1",
-        INGEST_WAIT_TIMEOUT_MS="500",
-        REDIS_TIMEOUT="1",
-        **env,
-    ).start()
-    nodes: list[Proc] = []
-    try:
-        for _ in range(2):
-            # each node gets a different seed node: any node will do
-            nodes.append(fanout_proc(cluster.url, **{**NODE_ENV, **env}).start())
-        yield ClusterStack(cluster, ingest, nodes)
-    finally:
-        for p in nodes:
-            p.stop()
-        ingest.stop()
-
-
-def per_master(cluster: RedisClusterFixture, db: str, count: int) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {m.port: [] for m in cluster.masters()}
-    i = 0
-    while any(len(v) < count for v in out.values()):
-        name = f"c{i}"
-        i += 1
-        port = cluster.owner_of(collection_keys(db, name).stream).port
-        if len(out[port]) < count:
-            out[port].append(name)
-    return out
+    """Ingest waiting for one replica per write, and two fanout nodes, on the cluster."""
+    redis_cluster_session.wait_ok()
+    ingest_env = {
+        "INGEST_WAIT_REPLICAS": "1",
+        "INGEST_WAIT_TIMEOUT_MS": "500",
+        "REDIS_TIMEOUT": "1",
+    }
+    with stack_on(ClusterBackend(redis_cluster_session), ingest_env=ingest_env) as s:
+        yield s
 
 
 def shard_subscribers(node: ClusterNode, channel: str) -> int:
@@ -99,7 +72,7 @@ async def test_every_master_delivers_to_both_nodes_over_one_connection_per_maste
     cstack: ClusterStack,
 ) -> None:
     db = "spread"
-    colls = per_master(cstack.cluster, db, 2)
+    colls = cstack.redis.cluster.collections_per_master(db, 2, "c")
     names = [c for v in colls.values() for c in v]
     clients = {(n.port, c): await Client(n, db, c).open() for n in cstack.nodes for c in names}
     load = WebhookLoad(cstack.ingest.url, make_token(ttl=None), db, names, rate=50)
@@ -113,7 +86,7 @@ async def test_every_master_delivers_to_both_nodes_over_one_connection_per_maste
     await asyncio.sleep(0.3)
     for (_, coll), client in clients.items():
         assert client.ids == list(load.stats[coll].ok.values()), coll
-    for master in cstack.cluster.masters():
+    for master in cstack.redis.cluster.masters():
         for coll in colls[master.port]:
             assert shard_subscribers(master, collection_keys(db, coll).channel) == 2
         # two fanout nodes: two pub/sub connections on this master, however many collections
@@ -127,9 +100,9 @@ async def test_pubsub_connections_killed_listeners_resubscribe_many_slots(
 ) -> None:
     """A listener that reconnects holding channels of many slots must resubscribe them all (one
     SSUBSCRIBE may only name channels of one slot on a cluster: CROSSSLOT otherwise)."""
-    cluster = cstack.cluster
+    cluster = cstack.redis.cluster
     db = "rekill"
-    colls = per_master(cluster, db, 8)
+    colls = cluster.collections_per_master(db, 8, "c")
     names = [c for v in colls.values() for c in v]
     node = cstack.nodes[0]
     clients = [await Client(node, db, c).open() for c in names]
@@ -152,7 +125,7 @@ async def test_pubsub_connections_killed_listeners_resubscribe_many_slots(
 def test_redis_pushes_sunsubscribe_when_a_slot_moves(cstack: ClusterStack) -> None:
     """What the fanout relies on (Redis 7): subscribers of a sharded channel, on the owner and on
     its replica, are told with an unsolicited ``sunsubscribe`` when the slot leaves them."""
-    cluster = cstack.cluster
+    cluster = cstack.redis.cluster
     channel = collection_keys("probe", f"p{int(time.time() * 1000) % 10**7}").channel
     src = cluster.owner_of(channel)
     dst = next(m for m in cluster.masters() if m.port != src.port)
@@ -170,7 +143,7 @@ def test_redis_pushes_sunsubscribe_when_a_slot_moves(cstack: ClusterStack) -> No
 
 
 async def test_resharding_a_subscribed_collection_while_events_flow(cstack: ClusterStack) -> None:
-    cluster = cstack.cluster
+    cluster = cstack.redis.cluster
     db, coll = "reshard", f"moving{int(time.time()) % 100000}"
     keys = collection_keys(db, coll)
     clients = [await Client(n, db, coll).open() for n in cstack.nodes]
@@ -202,9 +175,9 @@ async def test_resharding_a_subscribed_collection_while_events_flow(cstack: Clus
 async def test_master_failover_under_fanout_load_clients_get_every_acknowledged_event(
     cstack: ClusterStack, record_property: Callable[[str, object], None]
 ) -> None:
-    cluster = cstack.cluster
+    cluster = cstack.redis.cluster
     db = "failover"
-    colls = per_master(cluster, db, 2)
+    colls = cluster.collections_per_master(db, 2, "c")
     names = [c for v in colls.values() for c in v]
     clients = {(n.port, c): await Client(n, db, c).open() for n in cstack.nodes for c in names}
     victim = cluster.masters()[0]

@@ -27,14 +27,15 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.support.ports import free_port, wait_port
+from devstack.ports import free_port, wait_port
+from tests.support import ROOT
+from tests.support.ingest_http import post_titled
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import make_token
 
 pytestmark = pytest.mark.nginx
 
-ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "compose" / "nginx.conf"
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
@@ -136,32 +137,7 @@ TOKEN = make_token(ttl=3600)
 
 
 def post(t: Topology, coll: str, title: str, body: bytes | None = None) -> tuple[int, Any]:
-    data = (
-        body
-        or json.dumps(
-            {
-                "database": "postgres",
-                "collection": coll,
-                "action": "create",
-                "id": title,
-                "record": {"id": title, "title": title},
-            }
-        ).encode()
-    )
-    req = urllib.request.Request(
-        t.nginx.url + "/webhook",
-        data=data,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw.decode(errors="replace")
+    return post_titled(t.nginx.url, coll, title, TOKEN, body)
 
 
 def ws_url(t: Topology, token: str = TOKEN) -> str:

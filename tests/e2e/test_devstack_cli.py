@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,9 @@ import jwt
 import pytest
 import websockets
 
+from devstack.ports import free_port
+from tests.support.dev_stack import BIN, DevStack, group_alive
 from tests.support.redis_server import RedisServer
-from tests.test_devstack_support import BIN, DevStack, group_alive
 
 CLI = str(BIN / "vski-realtime")
 
@@ -101,12 +101,8 @@ async def _first_event(url: str, frame: str) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[DevStack]:
-    s = DevStack(args=["--quiet"]).start()
-    pids = s.info()["pids"]
-    try:
+    with DevStack(args=["--quiet"]) as s:
         yield s
-    finally:
-        s.cleanup(pids)
 
 
 def _cli(stack: DevStack, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -193,7 +189,7 @@ def test_listen_prints_events_posted_with_post(stack: DevStack) -> None:
 
 def test_post_without_a_running_stack_says_so(tmp_path: Path) -> None:
     (tmp_path / "jwt_secret").write_text("x" * 40)
-    port = _dead_port()
+    port = free_port()  # nothing listens there
     out = subprocess.run(
         [CLI, "--state-dir", str(tmp_path), "post", "--ingest", f"http://127.0.0.1:{port}"],
         capture_output=True,
@@ -257,12 +253,6 @@ def test_a_second_stack_on_the_same_state_folder_is_refused(stack: DevStack) -> 
     )
     assert out.returncode == 2
     assert "another `vski-realtime dev`" in out.stderr and str(stack.state) in out.stderr
-
-
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_crashed_tier_stops_the_whole_stack() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -24,42 +23,26 @@ from tests.support.chaos import (
     sum_delivery,
     wait_for,
 )
-from tests.support.procs import Proc, fanout_proc, ingest_proc
+from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
+from tests.support.stack import Stack, stack_on
 
 DB = "chaos"
 NODE_ENV = {"FANOUT_DRAIN_SECONDS": "4", "FANOUT_CLIENT_RATE": "1000"}
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    ingest: Proc
-    nodes: list[Proc]
-
-    def ports(self) -> list[int]:
-        return [n.port for n in self.nodes]
-
-    def ensure_up(self) -> None:
-        for node in self.nodes:
-            if not node.alive():
-                node.stop()
-                node.start()
-
-
 @pytest.fixture(scope="module")
-def stack(redis_mod: RedisServer) -> Iterator[Stack]:
-    ingest = ingest_proc(redis_mod.url, workers=2).start()
-    nodes = [fanout_proc(redis_mod.url, **NODE_ENV).start() for _ in range(2)]
-    try:
-        yield Stack(redis_mod, ingest, nodes)
-    finally:
-        for p in (*nodes, ingest):
-            p.stop()
+def stack(redis_mod: RedisServer) -> Iterator[Stack[RedisServer]]:
+    with stack_on(redis_mod, node_env=NODE_ENV) as s:
+        yield s
 
 
 async def open_clients(
-    stack: Stack, count: int, colls: list[str], start: int | None = None, delay: float = 0.1
+    stack: Stack[RedisServer],
+    count: int,
+    colls: list[str],
+    start: int | None = None,
+    delay: float = 0.1,
 ) -> list[ResumingClient]:
     clients = []
     for i in range(count):
@@ -91,7 +74,9 @@ def kill9(node: Proc) -> None:
     node.stop()
 
 
-async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(stack: Stack) -> None:
+async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(
+    stack: Stack[RedisServer],
+) -> None:
     stack.ensure_up()
     colls = ["k9a", "k9b"]
     with reported("fault", "kill -9 of a fanout node under load") as row:
@@ -131,7 +116,7 @@ async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(stack: Stack)
 
 
 async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
-    stack: Stack,
+    stack: Stack[RedisServer],
 ) -> None:
     stack.ensure_up()
     colls = ["heavy1", "heavy2"]
@@ -176,7 +161,7 @@ async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
         assert all(c.connects >= 2 for c in on_a)
 
 
-async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack) -> None:
+async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack[RedisServer]) -> None:
     stack.ensure_up()
     coll = "storm"
     victim = stack.nodes[0]
@@ -212,7 +197,7 @@ async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack) -> None:
         assert not [c.errors for c in clients if c.errors][:3]  # e.g. redis_unavailable
 
 
-async def test_whole_fanout_tier_killed_and_restarted(stack: Stack) -> None:
+async def test_whole_fanout_tier_killed_and_restarted(stack: Stack[RedisServer]) -> None:
     """Both nodes die at once: clients retry until a node is back, then resume."""
     stack.ensure_up()
     coll = "tier"

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.groups import Ledger, client
+from tests.support.ingest_http import BackgroundPoster, Poster
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer, primary_with_replica
-from tests.test_fanout_e2e import NODE_ENV, BackgroundPoster, Client, Poster, settle
-from tests.test_groups_e2e import Ledger, client
+from tests.support.stack import NODE_ENV
+from tests.support.ws_client import Client, settle
 
 pytestmark = pytest.mark.timeout(120)
 
