@@ -13,7 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.chaos import leaks_trace, reported
-from tests.support.ingest_http import Reply, post_raw, post_webhook, request, webhook_body
+from tests.support.ingest_http import (
+    Reply,
+    post_raw,
+    post_webhook,
+    request,
+    slowloris,
+    webhook_body,
+)
 from tests.support.procs import Proc, ingest_proc
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import make_token
@@ -161,22 +168,6 @@ def test_hostile_webhooks_are_refused_and_nothing_is_stored(
         assert not leaks, leaks
         assert stored == [], stored
         assert ok.status == 200 and ingest.alive()
-
-
-def slowloris(port: int, *, body: bool) -> socket.socket:
-    """Send the headers (and a few bytes of a promised 1000-byte body), then stall."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    if body:
-        sock.sendall(
-            (
-                "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Authorization: Bearer {make_token()}\r\nContent-Length: 1000\r\n\r\n"
-                '{"database'
-            ).encode()
-        )
-    else:
-        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
-    return sock
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:

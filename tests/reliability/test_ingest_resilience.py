@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.ingest_http import Reply, post_webhook, request, webhook_body
+from tests.support.ingest_http import Reply, post_webhook, request, slowloris, webhook_body
 from tests.support.procs import ingest_proc, wait_until
 from tests.support.redis_server import RedisServer, primary_with_replica, redis_server
 from tests.support.tokens import make_token
@@ -333,22 +333,6 @@ def test_gthread_workers(redis_srv: RedisServer) -> None:
         proc.stop()
 
 
-def _stalled_sender(port: int, body: bool) -> Any:
-    import socket
-
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    if body:  # headers complete, body promised but never sent in full
-        sock.sendall(
-            b"POST /webhook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer "
-            + make_token().encode()
-            + b'\r\nContent-Length: 500\r\n\r\n{"database'
-        )
-    else:  # headers never finished
-        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: t\r\n")
-    return sock
-
-
 def test_gthread_stalled_senders_cannot_hold_threads(redis_srv: RedisServer) -> None:
     """gunicorn's gthread threads would block forever on a stalled sender; ours time out after
     INGEST_TIMEOUT, and a body that never completes gets a JSON 408."""
@@ -360,7 +344,7 @@ def test_gthread_stalled_senders_cannot_hold_threads(redis_srv: RedisServer) -> 
         INGEST_TIMEOUT="2",
     ).start()
     try:
-        socks = [_stalled_sender(proc.port, body=i % 2 == 0) for i in range(3)]
+        socks = [slowloris(proc.port, body=i % 2 == 0, length=500) for i in range(3)]
         time.sleep(0.3)
         reply = post_webhook(proc.port, webhook_body(collection="stall"), timeout=20)
         assert reply.status == 200 and reply.elapsed < 10

@@ -9,19 +9,21 @@ client ends up without its subscription, nothing is lost, nothing is duplicated.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.backends import ClusterBackend
 from tests.support.chaos import (
-    ResumingClient,
     WebhookPoster,
     delivery,
     faulty,
+    kill9,
+    open_clients,
     reported,
     seq_order,
+    settle_delivery,
+    stop_all,
     sum_delivery,
     wait_for,
 )
@@ -43,27 +45,18 @@ def cstack(redis_cluster_session: RedisClusterFixture) -> Iterator[Stack[Cluster
 
 async def test_reconnect_storm_on_cluster_loses_nothing(cstack: Stack[ClusterBackend]) -> None:
     coll = "cstorm"
-    ports = [n.port for n in cstack.nodes]
     with reported("fault", "reconnect storm on Redis Cluster: 300 clients at once") as row:
-        clients = []
-        for i in range(300):
-            clients.append(ResumingClient(ports, DB, [coll], start=0, delay=0.05).begin())
-            if i % 50 == 49:
-                await asyncio.sleep(0.05)
-        assert await wait_for(lambda: all(c.subscribed for c in clients), 60)
+        clients = await open_clients(cstack.ports(), DB, 300, [coll], start=0, delay=0.05)
         poster = WebhookPoster(cstack.ingest.port, DB, coll, rate=25)
         poster.start()
         await asyncio.sleep(1.5)
-        victim = cstack.nodes[0]
-        victim.signal(signal.SIGKILL)
-        await asyncio.to_thread(victim.stop)
+        await asyncio.to_thread(kill9, cstack.nodes[0])
         resumed = await wait_for(lambda: all(c.connects >= 2 for c in clients), 60)
         await asyncio.sleep(1.5)
         poster.stop()
         await asyncio.to_thread(poster.join, 30)
         expected = seq_order(poster.ids)
-        await wait_for(lambda: all(len(c.ids[coll]) >= len(expected) for c in clients), 60)
-        await asyncio.sleep(0.3)
+        await settle_delivery(clients, {coll: expected}, timeout=60)
         results = [delivery(expected, c.ids[coll]) for c in clients]
         lost, dup, disorder = sum_delivery(results)
         retried = sum(1 for c in clients if 1013 in c.close_codes)
@@ -77,8 +70,7 @@ async def test_reconnect_storm_on_cluster_loses_nothing(cstack: Stack[ClusterBac
             notes=f"{retried} clients told to retry (1013) first; {final_ok}/300 resumed with "
             "recovered=true",
         )
-        for c in clients:
-            await c.stop()
+        await stop_all(clients)
         assert poster.error is None and not poster.bad
         assert resumed
         assert final_ok == len(clients)

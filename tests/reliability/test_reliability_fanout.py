@@ -14,16 +14,18 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.chaos import (
-    ResumingClient,
     WebhookPoster,
     delivery,
     faulty,
+    kill9,
+    open_clients,
     reported,
     seq_order,
+    settle_delivery,
+    stop_all,
     sum_delivery,
     wait_for,
 )
-from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
 from tests.support.stack import Stack, stack_on
 
@@ -37,50 +39,13 @@ def stack(redis_mod: RedisServer) -> Iterator[Stack[RedisServer]]:
         yield s
 
 
-async def open_clients(
-    stack: Stack[RedisServer],
-    count: int,
-    colls: list[str],
-    start: int | None = None,
-    delay: float = 0.1,
-) -> list[ResumingClient]:
-    clients = []
-    for i in range(count):
-        first = i % 2 if start is None else start
-        clients.append(ResumingClient(stack.ports(), DB, colls, start=first, delay=delay).begin())
-        if i % 50 == 49:
-            await asyncio.sleep(0.05)  # do not make the setup itself a storm
-    ok = await wait_for(lambda: all(len(c.subscribed) >= len(colls) for c in clients), 60)
-    assert ok, "clients did not all subscribe"
-    return clients
-
-
-async def stop_all(clients: list[ResumingClient]) -> None:
-    await asyncio.gather(*(c.stop() for c in clients))
-
-
-async def settle_delivery(
-    clients: list[ResumingClient], expected: dict[str, list[str]], timeout: float = 45
-) -> None:
-    def done() -> bool:
-        return all(len(c.ids[coll]) >= len(ids) for c in clients for coll, ids in expected.items())
-
-    await wait_for(done, timeout)
-    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
-
-
-def kill9(node: Proc) -> None:
-    node.signal(signal.SIGKILL)
-    node.stop()
-
-
 async def test_kill9_of_a_node_under_load_clients_resume_elsewhere(
     stack: Stack[RedisServer],
 ) -> None:
     stack.ensure_up()
     colls = ["k9a", "k9b"]
     with reported("fault", "kill -9 of a fanout node under load") as row:
-        clients = await open_clients(stack, 40, colls)
+        clients = await open_clients(stack.ports(), DB, 40, colls)
         poster = WebhookPoster(stack.ingest.port, DB, colls, rate=120)
         poster.start()
         kills = 0
@@ -122,8 +87,8 @@ async def test_sigterm_during_heavy_broadcast_closes_1012_and_loses_nothing(
     colls = ["heavy1", "heavy2"]
     a = stack.nodes[0]
     with reported("fault", "SIGTERM of a node during heavy broadcast") as row:
-        on_a = await open_clients(stack, 40, colls, start=0)
-        on_b = await open_clients(stack, 10, colls, start=1)
+        on_a = await open_clients(stack.ports(), DB, 40, colls, start=0)
+        on_b = await open_clients(stack.ports(), DB, 10, colls, start=1)
         # two posters with ~1 KB records: a few hundred events/s into 50 clients
         posters = [WebhookPoster(stack.ingest.port, DB, coll, rate=150, pad=800) for coll in colls]
         for p in posters:
@@ -166,7 +131,7 @@ async def test_reconnect_storm_all_clients_resume_at_once(stack: Stack[RedisServ
     coll = "storm"
     victim = stack.nodes[0]
     with reported("fault", "reconnect storm: 300 clients at once") as row:
-        clients = await open_clients(stack, 300, [coll], start=0, delay=0.01)
+        clients = await open_clients(stack.ports(), DB, 300, [coll], start=0, delay=0.01)
         poster = WebhookPoster(stack.ingest.port, DB, coll, rate=25)
         poster.start()
         await asyncio.sleep(1.5)
@@ -202,7 +167,7 @@ async def test_whole_fanout_tier_killed_and_restarted(stack: Stack[RedisServer])
     stack.ensure_up()
     coll = "tier"
     with reported("fault", "whole fanout tier kill -9, back 2 s later") as row:
-        clients = await open_clients(stack, 30, [coll])
+        clients = await open_clients(stack.ports(), DB, 30, [coll])
         poster = WebhookPoster(stack.ingest.port, DB, coll, rate=60)
         poster.start()
         await asyncio.sleep(1.5)

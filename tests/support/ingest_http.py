@@ -112,6 +112,23 @@ def post_raw(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
         return b"".join(chunks)
 
 
+def slowloris(port: int, *, body: bool, length: int = 1000) -> socket.socket:
+    """A stalled sender: the headers and the first bytes of a promised ``length``-byte body
+    (``body``), or headers that never end; the socket stays open for the test to watch."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if body:
+        sock.sendall(
+            (
+                "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {make_token()}\r\nContent-Length: {length}\r\n\r\n"
+                '{"database'
+            ).encode()
+        )
+    else:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
 def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tuple[int, Any]:
     """POST one webhook; (status, decoded JSON) or (0, error text) when the connection broke."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
