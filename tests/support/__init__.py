@@ -22,17 +22,23 @@ Running a suite on both Redis backends
 
 Modules
     ``fixtures``      the plugin: ``redis_srv``, ``redis_mod``, ``redis_cluster_session``,
-                      ``redis_backend``; ``--run-slow``; the ``cluster`` marker on cluster users
-    ``backends``      ``RedisTarget`` (what a suite uses of a Redis), ``ClusterBackend``
+                      ``redis_backend``; ``--run-slow``; the ``cluster`` marker on every test
+                      that uses the cluster
+    ``backends``      ``RedisTarget`` (what a suite uses of a Redis), ``ClusterBackend``, and
+                      ``BACKEND_SUITES`` (the suites that must run on both backends)
     ``redis_server``  standalone servers; ``redis_cluster`` the cluster and its fault helpers;
                       both over ``devstack.redis_process.RedisProcess``, the project's one
-                      launcher (ports: ``devstack.ports``)
+                      launcher (free ports and waiting for one: ``devstack.ports``)
     ``procs``         ``vski-ingest`` / ``vski-fanout`` as processes
-    ``ingest_http``   HTTP client of ingest: requests, webhook bodies, ``Poster``
-    ``ws_client``     an SDK-like WebSocket subscriber (``Client``) and ``stack_on``
-    ``groups``        consumer-group members and their ``Ledger``
+    ``stack``         ``stack_on``: ingest + N fanout nodes on any ``RedisTarget``
+    ``ingest_http``   HTTP client of ingest: requests, webhook bodies, stalled senders,
+                      ``Poster`` / ``BackgroundPoster`` (a VSKI trigger's load)
+    ``ws_client``     an SDK-like WebSocket subscriber (``Client``) and ``settle``
+    ``groups``        consumer-group members (``GroupClient``) and their ``Ledger``
     ``chaos``         load, resuming clients and result rows of the reliability suites
-    ``dev_stack``     ``vski-realtime dev`` as a child process; ``browser`` headless Chromium
+    ``dev_stack``     ``vski-realtime dev`` as a child process
+    ``browser``       headless system Chromium through playwright (``chromium_page``)
+    ``deploy_files``  deploy/compose files as data
     ``tokens``        JWTs signed with the tests' secret
 """
 
