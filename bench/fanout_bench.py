@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+
+from devstack.ports import free_port, wait_port
+from devstack.redis_process import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -111,23 +113,6 @@ CASES = {
         note="bare loop, prebuilt frame written to each transport",
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 NICE = 0  # set from --nice
@@ -216,6 +201,7 @@ class Stack:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="vski-fbench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis: RedisProcess | None = None  # started here unless a Redis URL was given
         self.redis_url = args.redis_cluster or args.redis_url
         self.cluster = bool(args.redis_cluster)
 
@@ -246,29 +232,9 @@ class Stack:
     def start(self) -> None:
         a = self.args
         if not self.redis_url:
-            port = free_port()
-            self.spawn(
-                pinned(
-                    a.load_cpu,
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(self.tmp),
-                    ],
-                ),
-                dict(os.environ),
-                "redis.log",
-            )
-            wait_port(port)
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            # pinned with the load (the prefix execs redis-server, so its pid is the server's)
+            self.redis = RedisProcess(self.tmp, prefix=pinned(a.load_cpu, [])).start()
+            self.redis_url = self.redis.url
         self.ingest_port = free_port()
         self.spawn(
             pinned(a.load_cpu, [str(BIN / "vski-ingest")]),
@@ -299,6 +265,8 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             self.stop_proc(proc)
+        if self.redis is not None:
+            self.redis.stop()  # last, as before: the tiers are gone
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

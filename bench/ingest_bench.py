@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,9 @@ from pathlib import Path
 
 import jwt
 import redis
+
+from devstack.ports import free_port, wait_port
+from devstack.redis_process import NoRedisBinary, RedisProcess, find_binary
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -81,21 +83,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 def taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
 
@@ -105,36 +92,11 @@ REDIS_PIDS: list[int] = []
 
 @contextlib.contextmanager
 def redis_proc(cpus: str | None) -> Iterator[int]:
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="vski-bench-redis-")
-    proc = subprocess.Popen(
-        [
-            *taskset(cpus),
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp,
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    REDIS_PIDS.append(proc.pid)  # taskset execs redis-server: same pid
-    try:
-        wait_port(port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A fresh Redis without persistence on a free port, pinned with the server processes."""
+    with RedisProcess(prefix=taskset(cpus)) as server:
+        assert server.pid is not None
+        REDIS_PIDS.append(server.pid)  # taskset execs redis-server: same pid
+        yield server.port
 
 
 @contextlib.contextmanager
@@ -286,8 +248,10 @@ def main() -> None:
             "wrk is not installed: apt-get install -y wrk (or build it from "
             "https://github.com/wg/wrk)"
         )
-    if shutil.which("redis-server") is None:
-        sys.exit("redis-server is not on PATH: install Redis 7")
+    try:
+        find_binary()
+    except NoRedisBinary as exc:
+        sys.exit(str(exc))
 
     configs = [Config(f"ingest sync x{w}", "ingest", int(w)) for w in args.workers.split(",")]
     configs.append(Config("bare sync x4", "bare", 4))

@@ -1,11 +1,10 @@
 """Render the reliability table of docs/reliability.md from the rows the reliability suite wrote.
 
-Each case of ``tests/test_reliability_*.py``, ``tests/test_abuse_*.py`` and
-``tests/test_fuzz_*.py`` writes one JSON row (``tests/support/chaos.py: reported``) into
-``$VSKI_RELIABILITY_DIR`` (default ``.vski/reliability/``): what was tried, how many events and
+Each case of the suites under ``tests/reliability/`` writes one JSON row
+(``tests/support/chaos.py: reported``) into ``$VSKI_RELIABILITY_DIR`` (default ``.vski/reliability/``): what was tried, how many events and
 clients, how many events were lost or duplicated, and the result. Run the suite, then this:
 
-    .venv/bin/pytest tests/test_reliability_*.py tests/test_abuse_*.py tests/test_fuzz_*.py
+    .venv/bin/pytest tests/reliability
     .venv/bin/python bench/reliability_report.py            # markdown table on stdout
     .venv/bin/python bench/reliability_report.py --write    # ... into docs/reliability.md
 

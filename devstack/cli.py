@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -27,19 +26,10 @@ from common.policy_source import read_policy
 from devstack import state as st
 from devstack.banner import render
 from devstack.client import listen, post_json, post_webhook, realtime_url, sample_webhook
+from devstack.ports import port_is_free
 
 DEFAULT_INGEST = "http://127.0.0.1:8000"
 DEFAULT_FANOUT = "ws://127.0.0.1:8080"
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -71,7 +61,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.proxy_port:
         wanted["--proxy-port"] = args.proxy_port
     for flag, port in wanted.items():
-        if not _port_free(args.host, port):
+        if not port_is_free(port, args.host):
             return _fail(f"port {port} is already in use: choose another with {flag.split()[0]}")
     if len(set(wanted.values())) != len(wanted):
         return _fail("the ports overlap: fanout nodes use --fanout-port and the ports after it")

@@ -1,43 +1,20 @@
+"""The vski-realtime test suite, laid out by kind (see ``tests/support/__init__.py`` for more).
+
+    tests/unit/         pure: no process, no socket, no Redis; the whole folder runs in seconds
+    tests/integration/  in-process code (hub, event store, group commands) on a real Redis
+    tests/e2e/          the tiers as processes (gunicorn ingest, vski-fanout), nginx, headless
+                        Chromium, the devstack CLI; ingest-HTTP, fanout and groups suites run
+                        on both Redis backends (``redis_backend``)
+    tests/reliability/  faults, abuse, fuzzing and soak: kills, freezes, floods, hostile input
+    tests/cluster/      suites about Redis Cluster itself: failover, resharding, slot routing
+    tests/support/      helpers and the pytest plugin (fixtures, options, markers): no tests
+    tests/test_lint.py  ruff and mypy --strict over the whole tree
+
+Everything: ``python3 dev.py test`` (what CI runs). The quick form, unit tests alone:
+``python3 dev.py test tests/unit``. One kind: ``python3 dev.py test tests/e2e``; without the
+cluster: ``-m "not cluster"``; the long variants: ``--run-slow``.
+"""
+
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.support.redis_cluster import RedisClusterFixture, redis_cluster
-from tests.support.redis_server import RedisServer, redis_server
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--run-slow", action="store_true", help="run long soak/load variants")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="long variant: pass --run-slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    """A fresh real redis-server on a free port, for one test."""
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_mod() -> Iterator[RedisServer]:
-    """A real redis-server shared by the tests of one module (flush it if you need it empty)."""
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_session() -> Iterator[RedisClusterFixture]:
-    """A real Redis Cluster (3 masters + 3 replicas) shared by the whole run: it takes seconds
-    to start. Tests that kill or move things must leave it healed (``cluster.heal()``)."""
-    with redis_cluster() as cluster:
-        yield cluster
+pytest_plugins = ["tests.support.fixtures"]

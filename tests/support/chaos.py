@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import threading
 import time
@@ -32,6 +33,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.ingest_http import post_once
+from tests.support.procs import Proc
 from tests.support.tokens import make_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,28 +93,6 @@ def webhook(db: str, coll: str, n: int, pad: int = 0, tag: str = "") -> bytes:
         "record": record,
     }
     return json.dumps(body).encode()
-
-
-def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """POST one webhook; (status, decoded JSON) or (0, error text) when the connection broke."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(
-            "POST",
-            "/webhook",
-            body,
-            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        )
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            return resp.status, json.loads(raw or b"{}")
-        except ValueError:
-            return resp.status, raw[:200].decode(errors="replace")
-    except (OSError, http.client.HTTPException) as exc:
-        return 0, repr(exc)
-    finally:
-        conn.close()
 
 
 class WebhookPoster(threading.Thread):
@@ -307,6 +288,50 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+async def open_clients(
+    ports: Sequence[int],
+    db: str,
+    count: int,
+    colls: list[str],
+    start: int | None = None,
+    delay: float = 0.1,
+) -> list[ResumingClient]:
+    """``count`` resuming clients of ``colls``, spread over the nodes (or all on ``start``),
+    once every one of them is subscribed."""
+    clients = []
+    for i in range(count):
+        first = i % len(ports) if start is None else start
+        clients.append(ResumingClient(list(ports), db, colls, start=first, delay=delay).begin())
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)  # do not make the setup itself a storm
+    ok = await wait_for(lambda: all(len(c.subscribed) >= len(colls) for c in clients), 60)
+    assert ok, "clients did not all subscribe"
+    return clients
+
+
+async def stop_all(clients: list[ResumingClient]) -> None:
+    await asyncio.gather(*(c.stop() for c in clients))
+
+
+async def settle_delivery(
+    clients: list[ResumingClient], expected: dict[str, list[str]], timeout: float = 45
+) -> None:
+    """Until every client has as many ids of each collection as expected (or ``timeout``),
+    then a moment more: anything extra (a duplicate) would arrive now."""
+
+    def done() -> bool:
+        return all(len(c.ids[coll]) >= len(ids) for c in clients for coll, ids in expected.items())
+
+    await wait_for(done, timeout)
+    await asyncio.sleep(0.3)
+
+
+def kill9(node: Proc) -> None:
+    """SIGKILL a tier's whole process group (no drain, no goodbye) and reap it."""
+    node.signal(signal.SIGKILL)
+    node.stop()
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,22 @@
-"""A small HTTP client for tests of the ingest tier (stdlib only, full control over headers)."""
+"""A small HTTP client for tests of the ingest tier (stdlib only, full control over headers).
+
+``request``/``post_webhook``/``post_raw`` send exactly what a test says; :class:`Poster` and
+:class:`BackgroundPoster` post webhooks like a VSKI trigger for suites about what comes out.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.support.procs import Proc
 from tests.support.tokens import make_token
 
 
@@ -31,8 +40,6 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> Reply:
-    import time
-
     started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -103,3 +110,134 @@ def post_raw(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def slowloris(port: int, *, body: bool, length: int = 1000) -> socket.socket:
+    """A stalled sender: the headers and the first bytes of a promised ``length``-byte body
+    (``body``), or headers that never end; the socket stays open for the test to watch."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if body:
+        sock.sendall(
+            (
+                "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {make_token()}\r\nContent-Length: {length}\r\n\r\n"
+                '{"database'
+            ).encode()
+        )
+    else:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
+def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """POST one webhook; (status, decoded JSON) or (0, error text) when the connection broke."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            "/webhook",
+            body,
+            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw or b"{}")
+        except ValueError:
+            return resp.status, raw[:200].decode(errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, repr(exc)
+    finally:
+        conn.close()
+
+
+def post_titled(
+    base_url: str, coll: str, title: str, token: str, body: bytes | None = None
+) -> tuple[int, Any]:
+    """POST ``body``, or a create webhook of record ``{"id": title, "title": title}`` in
+    ``postgres/<coll>``, to ``<base_url>/webhook`` (ingest itself, or nginx in front of it);
+    (status, decoded JSON, or the text of a non-JSON answer)."""
+    data = (
+        body
+        or json.dumps(
+            {
+                "database": "postgres",
+                "collection": coll,
+                "action": "create",
+                "id": title,
+                "record": {"id": title, "title": title},
+            }
+        ).encode()
+    )
+    req = urllib.request.Request(
+        base_url + "/webhook",
+        data=data,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+class Poster:
+    """Posts webhooks like a VSKI trigger (keeps retrying 503s, as VSKI does)."""
+
+    def __init__(self, ingest: Proc) -> None:
+        self.port = ingest.port
+        self.token = make_token()
+
+    def post(self, db: str, coll: str, n: int, pad: int = 0, retry_for: float = 0) -> str:
+        body: dict[str, Any] = {
+            "database": db,
+            "collection": coll,
+            "id": f"r{n}",
+            "action": "create",
+            "record": {"id": f"r{n}", "n": n, "sent": time.time()},
+        }
+        if pad:
+            body["record"]["pad"] = "x" * pad
+        data = json.dumps(body).encode()
+        deadline = time.monotonic() + retry_for
+        while True:
+            status, answer = post_once(self.port, data, self.token)
+            if status == 200:
+                return str(answer["id"])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"webhook answered {status}: {answer}")
+            time.sleep(0.05)
+
+    def many(self, db: str, coll: str, count: int, start: int = 0) -> list[str]:
+        return [self.post(db, coll, start + i) for i in range(count)]
+
+
+class BackgroundPoster(threading.Thread):
+    """Keeps posting at a modest pace; ``ids`` are the events answered 200, in order."""
+
+    def __init__(
+        self,
+        poster: Poster,
+        db: str,
+        coll: str,
+        count: int,
+        pace: float = 0.005,
+        retry_for: float = 0,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.poster, self.db, self.coll, self.count = poster, db, coll, count
+        self.pace, self.retry_for = pace, retry_for
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for i in range(self.count):
+                self.ids.append(self.poster.post(self.db, self.coll, i, retry_for=self.retry_for))
+                time.sleep(self.pace)
+        except BaseException as exc:
+            self.error = exc

@@ -1,4 +1,9 @@
-"""Run the real tiers as processes: ``vski-ingest`` (gunicorn) and ``vski-fanout``."""
+"""Run the real tiers as processes: ``vski-ingest`` (gunicorn) and ``vski-fanout``.
+
+``ingest_proc`` and ``fanout_proc`` take a Redis URL, or a
+:class:`~tests.support.backends.RedisTarget` (a ``redis_backend``, ``redis_srv``...): then the
+tier also gets what that topology needs (``REDIS_CLUSTER=true`` for a cluster).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.ports import free_port, wait_port
+from devstack.ports import free_port, wait_port
+from tests.support.backends import RedisTarget
 from tests.support.tokens import SECRET
 
 BIN = Path(sys.executable).parent
 
 
-def base_env(redis_url: str, **extra: str) -> dict[str, str]:
+def base_env(redis: str | RedisTarget, **extra: str) -> dict[str, str]:
+    """The environment of a tier process: this one's, pointed at ``redis``, with the tests'
+    JWT secret and JSON logs; ``extra`` wins over all of it."""
     env = dict(os.environ)
     env.update(
         {
-            "REDIS_URL": redis_url,
+            "REDIS_URL": redis if isinstance(redis, str) else redis.url,
             "JWT_SECRET": SECRET,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
@@ -29,6 +37,8 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
         }
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if not isinstance(redis, str):
+        env.update(redis.tier_env)
     env.update(extra)
     return env
 
@@ -92,15 +102,15 @@ class Proc:
         return self.proc is not None and self.proc.poll() is None
 
 
-def ingest_proc(redis_url: str, workers: int = 2, **extra: str) -> Proc:
+def ingest_proc(redis: str | RedisTarget, workers: int = 2, **extra: str) -> Proc:
     port = free_port()
-    env = base_env(redis_url, INGEST_BIND=f"127.0.0.1:{port}", INGEST_WORKERS=str(workers), **extra)
+    env = base_env(redis, INGEST_BIND=f"127.0.0.1:{port}", INGEST_WORKERS=str(workers), **extra)
     return Proc("ingest", [str(BIN / "vski-ingest")], env, port)
 
 
-def fanout_proc(redis_url: str, **extra: str) -> Proc:
+def fanout_proc(redis: str | RedisTarget, **extra: str) -> Proc:
     port = free_port()
-    env = base_env(redis_url, FANOUT_BIND=f"127.0.0.1:{port}", **extra)
+    env = base_env(redis, FANOUT_BIND=f"127.0.0.1:{port}", **extra)
     return Proc("fanout", [str(BIN / "vski-fanout")], env, port)
 
 

@@ -14,33 +14,25 @@ import http.client
 import json
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from tests.support.ports import wait_port
+from common.layout import collection_keys
+from devstack.ports import port_is_free
+from devstack.redis_process import RedisProcess
 
 NODE_TIMEOUT_MS = 2000
 _taken: set[int] = set()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def cluster_ports(n: int) -> list[int]:
@@ -54,7 +46,7 @@ def cluster_ports(n: int) -> list[int]:
         p = rng.randrange(12_000, 22_000)
         if p in _taken or p in ports or p + 10_000 in ports:
             continue
-        if _bindable(p) and _bindable(p + 10_000):
+        if port_is_free(p) and port_is_free(p + 10_000):
             ports.append(p)
             if len(ports) == n:
                 _taken.update(ports)
@@ -70,76 +62,28 @@ def key_slot(key: str | bytes) -> int:
 
 
 @dataclass
-class ClusterNode:
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
+class ClusterNode(RedisProcess):
+    """One cluster node (the project's launcher with ``cluster=True``); its ``nodes.conf`` stays
+    in ``data_dir`` across restarts, so a restarted node rejoins with its identity."""
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    cluster: bool = True
+    args: Sequence[str] = (
+        "--cluster-node-timeout",
+        str(NODE_TIMEOUT_MS),
+        # a replica with a stale link may still be promoted: test clusters must heal fast
+        "--cluster-replica-validity-factor",
+        "0",
+    )
 
     @property
     def name(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> ClusterNode:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH: install Redis 7 to run the tests")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            str(self.dir / "nodes.conf"),
-            "--cluster-node-timeout",
-            str(NODE_TIMEOUT_MS),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.dir),
-            "--maxmemory-policy",
-            "noeviction",
-            # a replica with a stale link may still be promoted: test clusters must heal fast
-            "--cluster-replica-validity-factor",
-            "0",
-        ]
-        self.proc = subprocess.Popen(
-            args, stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT
-        )
-        wait_port(self.port)
-        return self
+        return f"{self.host}:{self.port}"
 
     def client(self, timeout: float = 5.0) -> Any:
         """A plain client of this one node (``Any``: redis-py's command methods are untyped)."""
-        return redis.Redis(port=self.port, socket_timeout=timeout, decode_responses=True)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+        return redis.Redis(
+            host=self.host, port=self.port, socket_timeout=timeout, decode_responses=True
+        )
 
     def node_id(self) -> str:
         return str(self.client().execute_command("CLUSTER", "MYID"))
@@ -177,7 +121,8 @@ class RedisClusterFixture:
         return [n for n in self.nodes if n.alive()]
 
     def start(self) -> RedisClusterFixture:
-        self.nodes = [ClusterNode(p, self.base / str(p)).start() for p in self.ports]
+        for port in self.ports:  # one by one: stop() must find every node that did start
+            self.nodes.append(ClusterNode(self.base / str(port), port).start())
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH: install Redis 7 to run the tests")
@@ -276,6 +221,19 @@ class RedisClusterFixture:
     def owner_of(self, key: str) -> ClusterNode:
         """The master that owns ``key``'s slot."""
         return self.owner_of_slot(key_slot(key))
+
+    def collections_per_master(self, db: str, count: int, prefix: str) -> dict[int, list[str]]:
+        """Collection names ``<prefix><i>`` chosen so that each master (by port) owns ``count``
+        of them: load spread evenly over the shards, or one master's share to fail over."""
+        out: dict[int, list[str]] = {m.port: [] for m in self.masters()}
+        i = 0
+        while any(len(v) < count for v in out.values()):
+            name = f"{prefix}{i}"
+            i += 1
+            port = self.owner_of(collection_keys(db, name).stream).port
+            if len(out[port]) < count:
+                out[port].append(name)
+        return out
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every live node says cluster_state:ok, all 16384 slots are assigned, every node
@@ -401,8 +359,8 @@ class RedisClusterFixture:
 @contextlib.contextmanager
 def redis_cluster() -> Iterator[RedisClusterFixture]:
     """Start a 3-master, 3-replica cluster on free ports; kill it and remove its files after."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        raise RuntimeError("redis-server and redis-cli must be on PATH for cluster tests")
+    if shutil.which("redis-cli") is None:
+        raise RuntimeError("redis-cli must be on PATH for cluster tests (it creates the cluster)")
     last: Exception | None = None
     for _ in range(3):  # a port may be taken between the check and the bind: retry elsewhere
         base = Path(tempfile.mkdtemp(prefix="vski-cluster-"))

@@ -1,15 +1,14 @@
 """The documentation stands alone: a short README, docs/ pages whose links all resolve inside the
 repository, and no file that points at material kept outside it.
 
-Pure file checks: no process, no network. Files are the ones git knows (tracked, or new and not
-ignored); without git, a walk of the tree that skips virtualenvs, caches and state folders.
+Pure file checks: no process, no network. Files are found by a walk of the tree that skips git's
+folder, virtualenvs, caches and state folders.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
@@ -21,7 +20,7 @@ README_MAX_LINES = 250
 OUTSIDE = ".." + "/shared"  # spelled in two parts so that this file does not match itself
 # Pages another branch is writing: a link to one is accepted until it exists, then checked like
 # any other (remove the entry once the page has landed).
-PENDING = {"docs/policy.md"}
+PENDING: set[str] = set()
 # Names of documents that live outside the repository: the docs must not send readers to them.
 FOREIGN_NAMES = ("PROTOCOL.md", "POLICY.md", "PERF-NOTES", "seed design", "the seed's")
 SKIP_DIRS = {".git", ".vski", "__pycache__", "node_modules", "build", "dist"}
@@ -44,22 +43,11 @@ def skipped(folder: str) -> bool:
 @cache
 def repo_files() -> tuple[Path, ...]:
     """Every file of the repository, as paths relative to ROOT."""
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-            timeout=30,
-        ).stdout
-        names = [n for n in out.decode().split("\0") if n]
-        return tuple(Path(n) for n in names if (ROOT / n).is_file())
-    except (OSError, subprocess.SubprocessError):
-        found = []
-        for folder, dirs, files in os.walk(ROOT):
-            dirs[:] = [d for d in dirs if not skipped(d)]
-            found += [Path(folder, f).relative_to(ROOT) for f in files]
-        return tuple(sorted(found))
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not skipped(d)]
+        found += [Path(folder, f).relative_to(ROOT) for f in files]
+    return tuple(sorted(found))
 
 
 def text_of(rel: Path) -> str | None:
