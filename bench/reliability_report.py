@@ -1,8 +1,9 @@
 """Render the reliability table of docs/reliability.md from the rows the reliability suite wrote.
 
 Each case of the suites under ``tests/reliability/`` writes one JSON row
-(``tests/support/chaos.py: reported``) into ``$VSKI_RELIABILITY_DIR`` (default ``.vski/reliability/``): what was tried, how many events and
-clients, how many events were lost or duplicated, and the result. Run the suite, then this:
+(``tests/support/chaos.py: reported``) into ``$VSKI_RELIABILITY_DIR`` (default
+``.vski/reliability/``): what was tried, how many events and clients, how many events were lost
+or duplicated, and the result. Run the suite, then this:
 
     .venv/bin/pytest tests/reliability
     .venv/bin/python bench/reliability_report.py            # markdown table on stdout
