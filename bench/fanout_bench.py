@@ -92,6 +92,9 @@ CASES = {
     ),
     "single": Case("single", 1, 1, 50, 10, note="one subscriber: CPU per webhook baseline"),
     "aimpub": Case("aimpub", 1000, 1, 50, 10, policy="claimfree", note="aim, claim-free filter"),
+    "a500pub": Case(
+        "a500pub", 1000, 1, 500, 10, policy="claimfree", note="a500, claim-free filter"
+    ),
     "aimown": Case(
         "aimown",
         1000,
@@ -790,6 +793,9 @@ def main() -> None:
     if "aimpub" in by and "aim" in by:
         ratio = by["aimpub"]["events_s"] / max(by["aim"]["events_s"], 1)
         print(f"claim-free filter / no policy, delivered events/s: {ratio:.0%} (aim >= 90%)")
+    if "a500pub" in by and "a500" in by:
+        ratio = by["a500pub"]["events_s"] / max(by["a500"]["events_s"], 1)
+        print(f"at 500 webhooks/s: claim-free filter / no policy, delivered events/s: {ratio:.0%}")
     if "aimown" in by and "single" in by:
         ratio = by["aimown"]["cpu_us_webhook"] / max(by["single"]["cpu_us_webhook"], 1e-9)
         print(

@@ -29,6 +29,7 @@ BACKEND_SUITES: dict[str, int] = {
     "tests/e2e/test_ingest_http.py": 15,
     "tests/e2e/test_fanout_e2e.py": 6,
     "tests/e2e/test_groups_e2e.py": 4,
+    "tests/e2e/test_policy_e2e.py": 6,
 }
 
 
