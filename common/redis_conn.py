@@ -24,6 +24,9 @@ def sync_client(s: RedisSettings, *, url: str | None = None, retries: int = 1) -
         "health_check_interval": 30,
     }
     if s.cluster:
+        # one retry, after redis-py refreshed the slot map (a failover that already happened);
+        # its default (10 retries, jittered backoff) held a webhook > 20 s in a partition
+        kwargs["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.02), 1)
         return redis.RedisCluster.from_url(url or s.url, **kwargs)
     kwargs["retry"] = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries)
     return redis.Redis.from_url(url or s.url, **kwargs)

@@ -34,7 +34,7 @@ from ingest.admin_auth import AdminAuth
 from ingest.revocations import DisconnectResource
 from ingest.sender import sender_address
 from ingest.settings import IngestSettings
-from ingest.store import EventStore, ReplicationTimeout
+from ingest.store import CircuitOpen, EventStore, ReplicationTimeout
 
 log = get_logger("ingest")
 _json = msgspec.json.Encoder()
@@ -136,6 +136,14 @@ class WebhookResource:
             hook = msgspec.structs.replace(hook, record=record)
         try:
             result = self.store.append(hook)
+        except CircuitOpen as exc:  # known unreachable: answered at once, logged once on trip
+            raise HTTPRefusal(
+                503,
+                "redis_unavailable",
+                f"the event store (Redis) is unreachable ({exc}); nothing was stored: retry "
+                "after Retry-After",
+                {"Retry-After": str(exc.retry_after)},
+            ) from None
         except ReplicationTimeout as exc:
             metrics.REPLICATION_TIMEOUTS.inc()
             log.warning("replication_timeout", detail=str(exc))
@@ -223,6 +231,12 @@ class ReadyResource:
         }
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        breaker = self.store.open_circuit()
+        if breaker is not None:  # known unreachable: say so at once, the probe is on it
+            resp.set_header("Retry-After", str(breaker.retry_after))
+            body = {"status": "unavailable", "redis": "circuit_open", **self.about}
+            _answer(resp, 503, body)
+            return
         try:
             self.store.ping()
         except (redis.RedisError, OSError) as exc:

@@ -15,6 +15,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -31,6 +32,15 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 REDIS_ERRORS = Counter("vski_ingest_redis_errors_total", "Redis calls that failed or timed out")
+CIRCUIT_TRIPS = Counter(
+    "vski_ingest_redis_circuit_trips_total",
+    "Times a worker found Redis unreachable and opened its circuit breaker",
+)
+CIRCUIT_OPEN = Gauge(
+    "vski_ingest_redis_circuit_open",
+    "1 while any worker's circuit breaker is open (webhooks answered 503 without trying Redis)",
+    multiprocess_mode="livemax",
+)
 REPLICATION_TIMEOUTS = Counter(
     "vski_ingest_replication_timeouts_total",
     "Webhooks answered 503 because fewer replicas than INGEST_WAIT_REPLICAS confirmed in time",

@@ -26,12 +26,15 @@ def _policy() -> Policy:
 settings = load_ingest()
 setup_logging(settings.common.log_format, settings.common.log_level)
 _store = EventStore(
-    sync_client(settings.common.redis),
+    # no client-level retries: DirectCaller retries a broken connection once, the breaker and
+    # the sender's retry handle the rest (a retry in a partition only doubles the wait)
+    sync_client(settings.common.redis, retries=0),
     settings.common.retention,
     prefix=settings.common.redis.key_prefix,
     dedupe_ttl_ms=settings.dedupe_ttl_ms,
     wait_replicas=settings.wait_replicas,
     wait_timeout_ms=settings.wait_timeout_ms,
+    probe_interval=settings.breaker_probe_seconds,
 )
 _verifier = TokenVerifier(settings.common.jwt) if settings.require_auth else None
 app = create_app(settings, _store, _verifier, _policy())

@@ -58,14 +58,13 @@ def _sysctl(name: str, value: str, ns: str | None = None) -> None:
     subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True)
 
 
-_why_not: str | None | bool = False  # False: not checked yet
+_checked: list[str | None] = []  # the one answer of unavailable(), once asked
 
 
 def unavailable() -> str | None:
     """Why network namespaces cannot be used here (a skip reason), or None if they can."""
-    global _why_not
-    if _why_not is not False:
-        return _why_not  # type: ignore[return-value]
+    if _checked:
+        return _checked[0]
     reason: str | None = None
     if os.geteuid() != 0:
         reason = "network namespaces need root"
@@ -77,7 +76,7 @@ def unavailable() -> str | None:
                 pass
         except Exception as exc:  # any failure to build one is a reason to skip, shown as such
             reason = f"cannot create a network namespace with a veth pair: {exc}"[:300]
-    _why_not = reason
+    _checked.append(reason)
     return reason
 
 
@@ -168,7 +167,10 @@ class NetNamespace:
         _ip("link", "set", self.far_dev, "up", ns=self.name)
         near_mac, far_mac = _link_mac(self.near_dev), _link_mac(self.far_dev, self.name)
         # permanent neighbours: a downed link drops packets silently instead of failing ARP
-        _ip("neigh", "replace", self.far, "lladdr", far_mac, "dev", self.near_dev, "nud", "permanent")
+        _ip(
+            "neigh", "replace", self.far, "lladdr", far_mac, "dev", self.near_dev,
+            "nud", "permanent",
+        )  # fmt: skip
         _ip(
             "neigh", "replace", self.near, "lladdr", near_mac, "dev", self.far_dev,
             "nud", "permanent", ns=self.name,

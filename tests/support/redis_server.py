@@ -11,11 +11,15 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from devstack.redis_process import RedisProcess
 from tests.support.backends import STANDALONE
+
+if TYPE_CHECKING:
+    from tests.support.netns import NetNamespace
 
 
 @dataclass
@@ -56,3 +60,11 @@ def primary_with_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
                 break
             time.sleep(0.05)
         yield primary, replica
+
+
+@contextlib.contextmanager
+def redis_in_namespace(ns: NetNamespace, *extra: str, port: int = 6379) -> Iterator[RedisServer]:
+    """A fresh server inside ``ns`` (``tests.support.netns``), bound to its far address: a
+    Redis that a test can partition from this side with ``ns.blackhole()``."""
+    with RedisServer(host=ns.far, port=port, prefix=ns.command(), args=extra) as server:
+        yield server
