@@ -61,9 +61,7 @@ class Breaker:
         """Raise :class:`CircuitOpen` while the circuit is open (cheap: one attribute read)."""
         since = self._open_since
         if since is not None:
-            raise CircuitOpen(
-                self.target, time.monotonic() - since, self.retry_after, self._reason
-            )
+            raise CircuitOpen(self.target, time.monotonic() - since, self.retry_after, self._reason)
 
     def trip(self, exc: BaseException) -> None:
         """A call failed with a connection error or a timeout: open, and probe until healed."""

@@ -96,7 +96,8 @@ def test_ingest_redis_blackhole_answers_within_bound() -> None:
                 f"503 after {_after(first_503, down_at)}, /ready 503 after "
                 f"{_after(ready_down, down_at)}, /health slowest "
                 f"{health.slowest(down_at, up_at):.2f} s; first 200 "
-                f"{_after(first_200_after, up_at)} after the heal, /ready 200 after {_after(ready_up, up_at)}; "
+                f"{_after(first_200_after, up_at)} after the heal, /ready 200 after "
+                f"{_after(ready_up, up_at)}; "
                 f"{stored_xlen} stored for {len(set(ids))} webhooks"
             ),
         )
