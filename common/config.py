@@ -95,6 +95,13 @@ class RedisSettings:
     key_prefix: str = "vski"
     socket_timeout: float = 2.0
     connect_timeout: float = 2.0
+    # TCP keepalive on every Redis connection: a peer that vanished without FIN/RST (a
+    # partition, a host powered off) is found by the kernel even on an idle connection
+    keepalive_idle: int = 10
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    # TCP_USER_TIMEOUT (ms): unacknowledged data this long drops the connection (0 = kernel's)
+    tcp_user_timeout_ms: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,10 @@ def load_common(
             key_prefix=prefix,
             socket_timeout=e.float("REDIS_TIMEOUT", 2.0, minimum=0.05),
             connect_timeout=e.float("REDIS_CONNECT_TIMEOUT", 2.0, minimum=0.05),
+            keepalive_idle=e.int("REDIS_KEEPALIVE_IDLE", 10, minimum=1),
+            keepalive_interval=e.int("REDIS_KEEPALIVE_INTERVAL", 5, minimum=1),
+            keepalive_count=e.int("REDIS_KEEPALIVE_COUNT", 3, minimum=1),
+            tcp_user_timeout_ms=int(e.float("REDIS_TCP_USER_TIMEOUT", 20.0) * 1000),
         ),
         jwt=JwtSettings(
             secrets=tuple(secrets),

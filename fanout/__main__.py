@@ -47,6 +47,7 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
             replay_page=settings.replay_page,
             max_buffer_bytes=settings.max_buffer_bytes,
             max_frame_events=settings.max_frame_events,
+            ping_interval=settings.redis_ping_interval,
         ),
         settings.common,
     )

@@ -75,3 +75,7 @@ PROXY_SECONDS = Histogram(
 REVOKED_CLOSES = Counter(
     "vski_fanout_revoked_closes_total", "Connections closed because their user or token was revoked"
 )
+TASKS = Gauge(
+    "vski_fanout_asyncio_tasks",
+    "asyncio tasks alive in the node (a leak shows as growth after faults heal)",
+)

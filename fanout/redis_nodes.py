@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from common.backoff import Backoff
 from common.config import RedisSettings
 from common.logs import get_logger
-from common.redis_conn import async_client
+from common.redis_conn import async_client, keepalive_kwargs
 from fanout import metrics
 
 log = get_logger("fanout.redis")
@@ -58,6 +58,7 @@ class Listener:
         on_moved: Callable[[str], None],
         ping_interval: float,
         on_broken: Callable[[Listener], None] | None = None,
+        pong_timeout: float = 2.0,
     ) -> None:
         self.name = name
         self.client = client
@@ -66,6 +67,7 @@ class Listener:
         self.on_moved = on_moved
         self.on_broken = on_broken
         self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
         self.channels: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
@@ -182,30 +184,40 @@ class Listener:
                 await backoff.sleep()
 
     async def _read_loop(self) -> None:
+        """Read notifications; after ``ping_interval`` of silence send a PING, and if nothing
+        at all arrives within ``pong_timeout`` of it, give the connection up. The pub/sub socket
+        has no read timeout (it waits on purpose), so this is what finds a Redis behind a
+        partition: detection within ``ping_interval + pong_timeout`` of the last reply."""
         ps = self._pubsub
-        last_ping = time.monotonic()
-        ping_outstanding = False
+        last_seen = time.monotonic()
+        ping_sent: float | None = None
         while not self._closing and self.channels:
-            msg = await ps.get_message(timeout=self.ping_interval / 2)
             now = time.monotonic()
+            if ping_sent is not None:
+                wait = ping_sent + self.pong_timeout - now
+                if wait <= 0:
+                    raise TimeoutError(
+                        f"no reply to PING in {self.pong_timeout:g}s: pub/sub connection is stale"
+                    )
+            else:
+                wait = last_seen + self.ping_interval - now
+                if wait <= 0:
+                    # bounded: even a send buffer full of a dead peer's data cannot hold us
+                    await asyncio.wait_for(ps.ping(), self.pong_timeout)
+                    ping_sent = now
+                    continue
+            msg = await ps.get_message(timeout=max(wait, 0.001))
             if msg is None:
-                if ping_outstanding and now - last_ping > self.ping_interval * 2:
-                    raise TimeoutError("no PONG from Redis: pub/sub connection is stale")
-                if now - last_ping >= self.ping_interval:
-                    await ps.ping()
-                    last_ping = now
-                    ping_outstanding = True
                 continue
-            self.last_ok = now
+            last_seen = self.last_ok = time.monotonic()
+            ping_sent = None  # any reply proves the connection alive
             batch: Batch = []
             while msg is not None:
                 kind = msg["type"]
                 if kind == "smessage":
                     ch = msg["channel"]
                     batch.append((ch.decode() if isinstance(ch, bytes) else ch, msg["data"]))
-                elif kind == "pong":
-                    ping_outstanding = False
-                else:
+                elif kind != "pong":
                     self._control(kind, msg.get("channel"))
                 if len(batch) >= MAX_DRAIN:
                     break
@@ -287,8 +299,8 @@ class RedisNodes:
                     host=host,
                     port=int(port),
                     socket_connect_timeout=self.settings.connect_timeout,
-                    socket_keepalive=True,
                     socket_timeout=None,
+                    **keepalive_kwargs(self.settings),
                 )
             else:
                 client = async_client(self.settings, url=self._url, blocking=True)
@@ -300,6 +312,7 @@ class RedisNodes:
                 self._moved,
                 self.ping_interval,
                 self._broken if self.cluster else None,
+                pong_timeout=self.settings.socket_timeout,
             )
             self._listeners[name] = lst
         return lst
@@ -391,7 +404,9 @@ class RedisNodes:
                 await backoff.sleep()
 
     def health(self) -> tuple[bool, str]:
-        max_silence = self.ping_interval * 3
+        # a listener pings after ping_interval of silence and gives up pong_timeout later; a
+        # longer silence means its loop is stuck, which /ready must show too
+        max_silence = self.ping_interval + self.settings.socket_timeout + 1.0
         for lst in self._listeners.values():
             ok, why = lst.healthy(max_silence)
             if not ok:

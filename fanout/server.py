@@ -232,6 +232,7 @@ class FanoutServer:
         return json_response(503, {"status": "not_ready", "redis": detail, "policy": policy})
 
     def _metrics(self) -> Response:
+        metrics.TASKS.set(len(asyncio.all_tasks()))  # counted here: this runs on the loop
         data = generate_latest(REGISTRY)
         hdrs = Headers()
         hdrs["Content-Type"] = CONTENT_TYPE_LATEST

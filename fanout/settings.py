@@ -26,6 +26,7 @@ class FanoutSettings:
     slow_close_seconds: float = 1.0  # how long a slow consumer's close may take before abort
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    redis_ping_interval: float = 5.0  # silence on a pub/sub connection before a PING
     compression: str | None = None  # None or "deflate"
     drain_seconds: float = 10.0
     expiry_grace_seconds: float = 0.0  # connections close at token exp + this
@@ -78,6 +79,7 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         slow_close_seconds=e.float("FANOUT_SLOW_CLOSE_SECONDS", 1.0, minimum=0.01),
         ping_interval=_optional_seconds(e, "FANOUT_PING_INTERVAL", 20.0),
         ping_timeout=_optional_seconds(e, "FANOUT_PING_TIMEOUT", 20.0),
+        redis_ping_interval=e.float("FANOUT_REDIS_PING_INTERVAL", 5.0, minimum=0.1),
         compression="deflate" if compression == "deflate" else None,
         drain_seconds=e.float("FANOUT_DRAIN_SECONDS", 10.0, minimum=0.1),
         expiry_grace_seconds=e.float("FANOUT_EXPIRY_GRACE_SECONDS", 0.0),

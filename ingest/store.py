@@ -122,9 +122,8 @@ class DirectCaller:
         try:
             conn.send_command("PING")
             conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
+        finally:
+            conn.disconnect()  # probes are rare: hold no idle connection between them
 
 
 def _is_redirect(exc: BaseException) -> bool:

@@ -89,7 +89,7 @@ def test_ingest_redis_blackhole_answers_within_bound() -> None:
             clients=0,
             lost=senders.sent - len(ids),
             duplicated=len(ids) - len(set(ids)) + max(0, stored_xlen - len(set(ids))),
-            observed=(
+            notes=(
                 f"{len(attempts)} attempts, {len(unanswered)} unanswered, slowest answer "
                 f"{max(a.seconds for a in attempts):.2f} s (bound {BOUND:g} s); during the "
                 f"outage {dict(senders.statuses(down_at, up_at))}, codes {dict(codes)}; first "
