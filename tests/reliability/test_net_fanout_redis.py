@@ -88,7 +88,7 @@ async def test_fanout_redis_blackhole_detected_and_healed() -> None:
                 await asyncio.sleep(DOWN_SECONDS)
                 ns.heal()
                 up_at = time.monotonic()
-                await wait_for(lambda: all(p.first(True, up_at) for p in probers), 30)
+                await wait_for(lambda t=up_at: all(p.first(True, t) for p in probers), 30)
                 detect += [_since(p.first(False, down_at), down_at) for p in probers]
                 recover += [_since(p.first(True, up_at), up_at) for p in probers]
                 await asyncio.sleep(SETTLE)  # Redis's keepalive drops the abandoned sockets
