@@ -31,6 +31,7 @@ from common.policy_source import policy_label
 from fanout import metrics
 from fanout.access import identities
 from fanout.hub import Hub
+from fanout.keepalive import DeadPeerConnection
 from fanout.revocations import Revocations
 from fanout.session import Session
 from fanout.settings import FanoutSettings
@@ -52,8 +53,9 @@ class Admission:
     jti: str | None
 
 
-class NodeConnection(ServerConnection):
-    """A ServerConnection that carries its admission from the HTTP check to the handler."""
+class NodeConnection(DeadPeerConnection):
+    """A ServerConnection that carries its admission from the HTTP check to the handler (and
+    frees a peer that stopped answering pings quickly: ``fanout/keepalive.py``)."""
 
     admission: Admission | None = None
 
@@ -98,6 +100,7 @@ class FanoutServer:
 
     async def start(self) -> None:
         s = self.settings
+        NodeConnection.dead_peer_close = s.slow_close_seconds
         self._server = await serve(
             self._handler,
             s.host,
