@@ -48,6 +48,8 @@ from fanout.wire import Member
 log = get_logger("fanout.hub")
 
 REDIS_ERRORS = (redis.RedisError, OSError)
+# replay reads that may chase a moving cursor before live delivery is held for the last one
+CHASE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Stream:
     ready: asyncio.Future[None] | None = None
     pending: list[Notification] = field(default_factory=list)
     repairing: bool = False
+    holds: int = 0  # replays finishing their last read: live notifications queue meanwhile
     linger: asyncio.TimerHandle | None = None
 
     @property
@@ -266,14 +269,30 @@ class Hub:
             await self._wait_for_replica(stream, plan.after)
         cursor = stream.cursor
         plan.start(cursor)
-        sent = 0
-        while (rng := plan.next_range(cursor)) is not None:
-            entries = await self._xrange(stream.keys.stream, *rng)
-            events = visible(view, stream.recipients.on_delete, plan.on_page(cursor, entries))
-            if events:
-                await member.send_frame(event_frame(stream.keys.collection, events))
-                sent += len(events)
-        stream.recipients.add(member, view)  # no await since the last check: no gap, no dup
+        sent = rounds = 0
+        held = False
+        try:
+            while (rng := plan.next_range(cursor)) is not None:
+                rounds += 1
+                if rounds > CHASE_ROUNDS and not held:
+                    # events arrive faster than one read takes (a busy collection, a distant
+                    # Redis): the cursor would stay ahead forever. Hold live delivery for one
+                    # read so that it ends at the cursor; others wait one round trip, once.
+                    held = True
+                    stream.holds += 1
+                entries = await self._xrange(stream.keys.stream, *rng)
+                events = visible(view, stream.recipients.on_delete, plan.on_page(cursor, entries))
+                if events:
+                    await member.send_frame(event_frame(stream.keys.collection, events))
+                    sent += len(events)
+            stream.recipients.add(member, view)  # no await since the last check: no gap/dup
+        finally:
+            if held:
+                stream.holds -= 1
+                if not stream.holds and not stream.repairing:
+                    pending, stream.pending = stream.pending, []
+                    if pending:
+                        self._advance(stream, cursor.on_notifications(pending))
         if not plan.live:
             metrics.REPLAY_EVENTS.observe(sent)
         return plan.recovered
@@ -318,7 +337,7 @@ class Hub:
             stream = self.streams.get(channel)
             if stream is None:
                 continue
-            if not stream.initialized or stream.repairing:
+            if not stream.initialized or stream.repairing or stream.holds:
                 stream.pending.extend(notes)
                 continue
             self._advance(stream, stream.cursor.on_notifications(notes))

@@ -171,8 +171,8 @@ class WebhookPoster(threading.Thread):
 # ---------------------------------------------------------------- clients
 
 
-def ws_url(port: int, db: str, token: str | None = None) -> str:
-    return f"ws://127.0.0.1:{port}/api/realtime?db={db}&auth={token or make_token(ttl=7200)}"
+def ws_url(port: int, db: str, token: str | None = None, host: str = "127.0.0.1") -> str:
+    return f"ws://{host}:{port}/api/realtime?db={db}&auth={token or make_token(ttl=7200)}"
 
 
 @dataclass(eq=False)
@@ -189,6 +189,7 @@ class ResumingClient:
     start: int = 0
     delay: float = 0.1
     token: str = field(default_factory=lambda: make_token(ttl=7200))
+    host: str = "127.0.0.1"  # another address: e.g. a node seen from a network namespace
     ids: dict[str, list[str]] = field(default_factory=dict)
     subscribed: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -221,7 +222,7 @@ class ResumingClient:
         while not self.stopping:
             try:
                 conn = await connect(
-                    ws_url(self.port, self.db, self.token),
+                    ws_url(self.port, self.db, self.token, self.host),
                     open_timeout=10,
                     compression=None,
                     max_size=None,

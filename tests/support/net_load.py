@@ -67,8 +67,9 @@ class TimedSenders:
         threads: int = 8,
         timeout: float = 10.0,
         tag: str = "",
+        pad: int = 0,
     ) -> None:
-        self.port, self.db, self.colls = port, db, colls
+        self.port, self.db, self.colls, self.pad = port, db, colls, pad
         self.interval = threads / rate
         self.timeout = timeout
         self.tag = tag or f"{random.randrange(1 << 30):x}-"
@@ -104,7 +105,7 @@ class TimedSenders:
             next_at = max(next_at + self.interval, time.monotonic())
             key = index << 20 | n
             coll = self.colls[n % len(self.colls)]
-            body = webhook(self.db, coll, key, tag=self.tag)
+            body = webhook(self.db, coll, key, self.pad, self.tag)
             with self._lock:
                 self.sent += 1
             self._deliver(key, coll, body)

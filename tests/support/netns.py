@@ -230,6 +230,10 @@ class NetNamespace:
             capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip
 
+    def sysctl(self, name: str, value: str) -> None:
+        """Set a per-namespace sysctl inside (e.g. ``net.ipv4.tcp_rmem``): this side keeps its."""
+        _sysctl(name, value, ns=self.name)
+
     def __hash__(self) -> int:
         return self.slot
 
@@ -278,6 +282,10 @@ class DelayRelay:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _pair(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # stop() cancels every pair
+            await self._relay(reader, writer)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
