@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,9 +120,13 @@ class RedisClusterFixture:
     def live(self) -> list[ClusterNode]:
         return [n for n in self.nodes if n.alive()]
 
+    def make_node(self, index: int, port: int) -> ClusterNode:
+        """Node ``index`` of the cluster (a variant may place one elsewhere: a namespace)."""
+        return ClusterNode(self.base / str(port), port)
+
     def start(self) -> RedisClusterFixture:
-        for port in self.ports:  # one by one: stop() must find every node that did start
-            self.nodes.append(ClusterNode(self.base / str(port), port).start())
+        for i, port in enumerate(self.ports):  # one by one: stop() must find every started node
+            self.nodes.append(self.make_node(i, port).start())
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH: install Redis 7 to run the tests")
@@ -348,23 +352,27 @@ class RedisClusterFixture:
             m.client().flushall()
 
     def client(self, **kwargs: object) -> redis.RedisCluster:
+        seed = self.live()[0]
         return redis.RedisCluster(
-            host="127.0.0.1",
-            port=self.live()[0].port,
+            host=seed.host,
+            port=seed.port,
             decode_responses=True,
             **kwargs,  # type: ignore[arg-type]
         )
 
 
 @contextlib.contextmanager
-def redis_cluster() -> Iterator[RedisClusterFixture]:
-    """Start a 3-master, 3-replica cluster on free ports; kill it and remove its files after."""
+def redis_cluster(
+    build: Callable[[Path, list[int]], RedisClusterFixture] = RedisClusterFixture,
+) -> Iterator[RedisClusterFixture]:
+    """Start a 3-master, 3-replica cluster on free ports; kill it and remove its files after.
+    ``build`` makes the fixture object (a subclass that places nodes differently)."""
     if shutil.which("redis-cli") is None:
         raise RuntimeError("redis-cli must be on PATH for cluster tests (it creates the cluster)")
     last: Exception | None = None
     for _ in range(3):  # a port may be taken between the check and the bind: retry elsewhere
         base = Path(tempfile.mkdtemp(prefix="vski-cluster-"))
-        cluster = RedisClusterFixture(base, cluster_ports(6))
+        cluster = build(base, cluster_ports(6))
         try:
             cluster.start()
         except (RuntimeError, TimeoutError) as exc:
