@@ -10,16 +10,10 @@ short variant always runs (~25 s); the long one (``--run-slow``) churns for 3 mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.support.chaos import (
     ResumingClient,
@@ -34,8 +28,8 @@ from tests.support.chaos import (
     seq_order,
     sum_delivery,
     wait_for,
-    ws_url,
 )
+from tests.support.churn import Churner
 from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
 from tests.support.stack import Stack, stack_on
@@ -52,82 +46,6 @@ def stack(redis_srv: RedisServer) -> Iterator[Stack[RedisServer]]:
         yield s
 
 
-@dataclass(eq=False)
-class Churner:
-    """A population of short-lived connections that keep changing what they subscribe to."""
-
-    ports: list[int]
-    rng: random.Random
-    conns: dict[ClientConnection, set[str]] = field(default_factory=dict)
-    readers: set[asyncio.Task[None]] = field(default_factory=set)
-    opened: int = 0
-    closed: int = 0
-    aborted: int = 0
-    changes: int = 0
-    frames: int = 0
-
-    async def _read(self, conn: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in conn:
-                self.frames += 1
-
-    async def open(self) -> None:
-        conn = await connect(ws_url(self.rng.choice(self.ports), DB), open_timeout=10)
-        subs = set(self.rng.sample(COLLS, self.rng.randint(1, 3)))
-        for coll in subs:
-            msg = {"type": "SUBSCRIBE", "collection": coll}
-            if self.rng.random() < 0.3:
-                msg["lastId"] = "0"  # a replay from the start, now and then
-            await conn.send(json.dumps(msg))
-        self.conns[conn] = subs
-        task = asyncio.create_task(self._read(conn))
-        self.readers.add(task)
-        task.add_done_callback(self.readers.discard)
-        self.opened += 1
-
-    async def close_one(self) -> None:
-        conn = self.rng.choice(list(self.conns))
-        del self.conns[conn]
-        if self.rng.random() < 0.3:
-            conn.transport.abort()  # gone without a close frame (network loss)
-            self.aborted += 1
-        else:
-            await conn.close()
-            self.closed += 1
-
-    async def change_one(self) -> None:
-        conn = self.rng.choice(list(self.conns))
-        subs = self.conns[conn]
-        with contextlib.suppress(ConnectionClosed):
-            if subs and self.rng.random() < 0.5:
-                coll = subs.pop()
-                await conn.send(json.dumps({"type": "UNSUBSCRIBE", "collection": coll}))
-            else:
-                coll = self.rng.choice(COLLS)
-                subs.add(coll)
-                await conn.send(json.dumps({"type": "SUBSCRIBE", "collection": coll}))
-        self.changes += 1
-
-    async def run(self, seconds: float, population: int) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            while len(self.conns) < population:
-                await self.open()
-            for _ in range(3):
-                await self.close_one()
-            for _ in range(6):
-                await self.change_one()
-            await asyncio.sleep(0.2)
-
-    async def stop(self) -> None:
-        for conn in list(self.conns):
-            await conn.close()
-        self.conns.clear()
-        for task in list(self.readers):
-            with contextlib.suppress(Exception):
-                await task
-
-
 def gauge(node: Proc, name: str) -> float:
     status, body = http_get(node.port, "/metrics")
     value = metric_value(body.decode(), name) if status == 200 else None
@@ -140,7 +58,7 @@ async def soak(stack: Stack[RedisServer], seconds: float, population: int, label
     assert await wait_for(lambda: all(len(c.subscribed) >= 2 for c in stable), 20)
     poster = WebhookPoster(stack.ingest.port, DB, COLLS + STABLE * 5, rate=60)
     poster.start()
-    churner = Churner(ports, random.Random(11))
+    churner = Churner(ports, random.Random(11), DB, COLLS)
     await churner.run(4.0, population)  # warm-up: reach the steady population first
     assert stack.ingest.proc and stack.redis.proc
     pids = {f"fanout {i}": n.proc.pid for i, n in enumerate(stack.nodes) if n.proc}

@@ -190,6 +190,8 @@ class ResumingClient:
     delay: float = 0.1
     token: str = field(default_factory=lambda: make_token(ttl=7200))
     host: str = "127.0.0.1"  # another address: e.g. a node seen from a network namespace
+    # (receive time, latency) of every event whose record has a "sent" time, when a list
+    latencies: list[tuple[float, float]] | None = None
     ids: dict[str, list[str]] = field(default_factory=dict)
     subscribed: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -260,10 +262,20 @@ class ResumingClient:
                 if kind == "EVENT":
                     got = self.ids.setdefault(msg["collection"], [])
                     got.extend(ev["id"] for ev in msg["events"])
+                    if self.latencies is not None:
+                        self._timed(msg["events"])
                 elif kind == "SUBSCRIBED":
                     self.subscribed.append(msg)
                 elif kind == "ERROR":
                     self.errors.append(msg)
+
+    def _timed(self, events: list[dict[str, Any]]) -> None:
+        assert self.latencies is not None
+        now = time.time()
+        for ev in events:
+            sent = ((ev.get("data") or {}).get("record") or {}).get("sent")
+            if isinstance(sent, (int, float)):
+                self.latencies.append((now, now - sent))
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.conn is not None:
