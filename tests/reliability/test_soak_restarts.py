@@ -27,8 +27,8 @@ import pytest
 
 from tests.support.chaos import (
     ResumingClient,
-    children,
     RssSampler,
+    children,
     delivery,
     faulty,
     reported,
@@ -187,7 +187,7 @@ def _pin(stack: Stack[RedisServer]) -> None:
     servers = [p.proc.pid for p in (stack.ingest, *stack.nodes) if p.proc]
     if stack.redis.proc:
         servers.append(stack.redis.proc.pid)
-    for pid in [*servers, *(c for pid in servers for c in children(pid))]:
+    for pid in [*servers, *(c for parent in servers for c in children(parent))]:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, {0})
     os.sched_setaffinity(0, {1})
