@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "reliability.md"
 START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
-AREAS = {"fault": "fault", "soak": "soak", "hostile": "hostile input"}
+AREAS = {"fault": "fault", "network": "network", "soak": "soak", "hostile": "hostile input"}
 
 
 def load(folder: Path, since_minutes: float | None) -> list[dict[str, Any]]:
@@ -50,7 +50,13 @@ FILES = [  # the order of the table: faults by tier, then hostile input by tier
     "reliability_cluster",
     "reliability_redis",
     "reliability_ingest",
+    "net_ingest",
+    "net_fanout_redis",
+    "net_clients_vanish",
+    "net_slow_paths",
+    "net_cluster_partition",
     "reliability_soak",
+    "soak_restarts",
     "abuse_tokens",
     "abuse_webhooks",
     "abuse_ws",

@@ -6,7 +6,7 @@ every few seconds, and a Redis restart (SIGTERM, AOF) every 3 minutes. Asserted:
 answered 200 is lost or doubled; the steady clients' p99 latency in the last 5 minutes is
 within 1.5x of the first 5 (after warm-up; the 10 s after each Redis restart are left out of
 both, their own p99 is reported); each node's RSS per minute stays within 10 % of the first
-minute after warm-up. Samples go to ``soak-samples.json`` beside the result rows;
+minute after warm-up. Samples go to ``samples/soak-restarts.json`` under the result rows' folder;
 ``bench/soak_plot.py`` draws them (docs/reliability.md).
 
 ``VSKI_SOAK_SECONDS`` shortens it for a dry run (default 1800).
@@ -222,4 +222,6 @@ def _write_samples(
         "latency": windows,
         "rss_mb_per_minute": minutes,
     }
-    (results_dir() / "soak-samples.json").write_text(json.dumps(data))
+    folder = results_dir() / "samples"  # not a result row: bench/reliability_report.py skips it
+    folder.mkdir(exist_ok=True)
+    (folder / "soak-restarts.json").write_text(json.dumps(data))
