@@ -120,8 +120,8 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(server: RedisServer, **hub_kw: Any) -> AsyncIterator[Rig]:
-    common = CommonSettings(redis=RedisSettings(url=server.url))
+async def rig(server: RedisServer, url: str | None = None, **hub_kw: Any) -> AsyncIterator[Rig]:
+    common = CommonSettings(redis=RedisSettings(url=url or server.url))
     settings = HubSettings(**{"sweep_interval": 0.5, "linger": 0.2, **hub_kw})
     hub = Hub(settings, common)
     await hub.start()
@@ -386,3 +386,41 @@ async def test_redis_restart_keeps_live_members_flowing(redis_srv: RedisServer) 
         after = [await in_thread(app.append) for _ in range(3)]
         assert await read_ids(ws, 3, timeout=15) == after
         assert r.hub.readiness()[0]
+
+
+async def test_replay_finishes_while_events_outpace_reads(redis_srv: RedisServer) -> None:
+    """Reads take 60 ms (a relay holds every chunk 30 ms each way) and events arrive every
+    ~5 ms: a replay that only joins when a read ends at the cursor would chase it forever. After
+    a few rounds the hub holds live delivery for one read; the member joins, exactly."""
+    from tests.support.netns import DelayRelay
+
+    app = Appender(redis_srv)
+    first = [app.append() for _ in range(50)]
+    stop = threading.Event()
+    produced: list[str] = []
+
+    def produce() -> None:
+        local = Appender(redis_srv)
+        local.n = 10_000
+        while not stop.is_set() and len(produced) < 3000:
+            produced.append(local.append())
+            stop.wait(0.005)
+
+    with DelayRelay(("127.0.0.1", redis_srv.port), 0.03) as relay:
+        async with rig(redis_srv, url=f"redis://127.0.0.1:{relay.port}/0", replay_page=50) as r:
+            thread = threading.Thread(target=produce)
+            thread.start()
+            try:
+                await asyncio.sleep(0.3)
+                m, ws = await r.connect()
+                async with asyncio.timeout(10):  # it never returned before the fix
+                    out = await r.subscribe(m, "postgres", "posts", first[9])
+                assert out.recovered
+                await asyncio.sleep(0.5)
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join)
+            expected = first[10:] + produced
+            got = await read_ids(ws, len(expected), timeout=20)
+            assert got == expected
+            await no_more(ws)
