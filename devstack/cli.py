@@ -158,6 +158,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 webhook_token=st.mint_token(secret, sub=st.WEBHOOK_SUB),
                 secret_source=source,
                 policy=args.policy,
+                proxy_url=proxy.url,
                 db=args.db,
                 collection=args.collection,
                 state=str(state),
