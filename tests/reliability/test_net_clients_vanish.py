@@ -25,8 +25,7 @@ from tests.support.chaos import (
     RssSampler,
     delivery,
     faulty,
-    http_get,
-    metric_value,
+    node_gauge,
     open_clients,
     reported,
     seq_order,
@@ -37,7 +36,7 @@ from tests.support.chaos import (
 )
 from tests.support.groups import Ledger
 from tests.support.groups import client as group_client
-from tests.support.net_load import TimedSenders
+from tests.support.net_load import TimedSenders, percentile_ms
 from tests.support.netns import NetNamespace, net_namespace, unavailable
 from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer
@@ -82,12 +81,6 @@ def build_client(out: Path) -> Path:
     src = ROOT / "bench" / "fanout_client.c"
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(src)], check=True, timeout=120)
     return binary
-
-
-def gauge(port: int, name: str) -> float:
-    status, body = http_get(port, "/metrics", 5)
-    value = metric_value(body.decode(), name) if status == 200 else None
-    return -1.0 if value is None else value
 
 
 def node_on_all_addresses(redis: RedisServer) -> Proc:
@@ -197,7 +190,7 @@ async def _vanish(
         base_index = len(sampler.samples["node"])
         await asyncio.sleep(2.0)
         baseline = median_rss_mb(sampler, base_index)
-        others = await asyncio.to_thread(gauge, node.port, "vski_fanout_connections")
+        others = await asyncio.to_thread(node_gauge, node.port, "vski_fanout_connections")
 
         inside = Inside(ns, binary, node.port, tmp)
         try:
@@ -217,7 +210,8 @@ async def _vanish(
             down_at = time.monotonic()
             probe.rtts.clear()
             freed = await wait_for(
-                lambda: gauge(node.port, "vski_fanout_connections") <= others, DETECT_BOUND + 10
+                lambda: node_gauge(node.port, "vski_fanout_connections") <= others,
+                DETECT_BOUND + 10,
             )
             freed_after = time.monotonic() - down_at
             rtts_during = list(probe.rtts)
@@ -237,7 +231,7 @@ async def _vanish(
         delivery(seq_order(senders.ids_by_coll[c]), cl.ids[c]) for cl in survivors for c in COLLS
     ]
     lost, dup, _ = sum_delivery(results)
-    p99_before, p99_during = _p99(rtts_before), _p99(rtts_during)
+    p99_before, p99_during = percentile_ms(rtts_before, 0.99), percentile_ms(rtts_during, 0.99)
     group_dups = [e for e, n in ledger.acks.items() if n > 1]
     row.update(
         tried=f"{VANISHING} C clients + {GROUP_MEMBERS_INSIDE} group members in a namespace, "
@@ -288,10 +282,3 @@ def _publish_jobs(port: int) -> None:
     for i in range(GROUP_EVENTS):
         reply = post_webhook(port, webhook_body(collection="jobs", record_id=f"j{i}"))
         assert reply.status == 200, reply.body
-
-
-def _p99(rtts: list[float]) -> float:
-    if not rtts:
-        return 0.0
-    ordered = sorted(rtts)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000

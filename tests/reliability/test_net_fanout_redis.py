@@ -15,8 +15,7 @@ import pytest
 from tests.support.chaos import (
     delivery,
     faulty,
-    http_get,
-    metric_value,
+    node_gauge,
     open_clients,
     reported,
     seq_order,
@@ -44,10 +43,8 @@ SETTLE = 8.0  # after a heal: Redis's tcp-keepalive (3 s) finds the sockets the 
 
 
 def tasks_of(port: int) -> float:
-    status, body = http_get(port, "/metrics", 5)
-    assert status == 200
-    value = metric_value(body.decode(), "vski_fanout_asyncio_tasks")
-    assert value is not None
+    value = node_gauge(port, "vski_fanout_asyncio_tasks")
+    assert value >= 0, "the node does not report its asyncio tasks"
     return value
 
 

@@ -22,15 +22,13 @@ from tests.support.chaos import (
     delivery,
     faulty,
     growth,
-    http_get,
-    metric_value,
+    node_gauge,
     reported,
     seq_order,
     sum_delivery,
     wait_for,
 )
 from tests.support.churn import Churner
-from tests.support.procs import Proc
 from tests.support.redis_server import RedisServer
 from tests.support.stack import Stack, stack_on
 
@@ -44,12 +42,6 @@ RSS_RATIO, RSS_SLACK_KB = 0.25, 10_240
 def stack(redis_srv: RedisServer) -> Iterator[Stack[RedisServer]]:
     with stack_on(redis_srv, node_env={"FANOUT_CLIENT_RATE": "1000"}) as s:
         yield s
-
-
-def gauge(node: Proc, name: str) -> float:
-    status, body = http_get(node.port, "/metrics")
-    value = metric_value(body.decode(), name) if status == 200 else None
-    return -1.0 if value is None else value
 
 
 async def soak(stack: Stack[RedisServer], seconds: float, population: int, label: str) -> None:
@@ -85,7 +77,10 @@ async def soak(stack: Stack[RedisServer], seconds: float, population: int, label
 
         def gauges() -> list[tuple[float, float]]:
             return [
-                (gauge(n, "vski_fanout_connections"), gauge(n, "vski_fanout_subscriptions"))
+                (
+                    node_gauge(n.port, "vski_fanout_connections"),
+                    node_gauge(n.port, "vski_fanout_subscriptions"),
+                )
                 for n in stack.nodes
             ]
 

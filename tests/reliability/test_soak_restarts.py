@@ -38,7 +38,7 @@ from tests.support.chaos import (
     wait_for,
 )
 from tests.support.churn import Churner
-from tests.support.net_load import TimedSenders
+from tests.support.net_load import TimedSenders, percentile_ms
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.stack import Stack, stack_on
 
@@ -71,10 +71,7 @@ def soak_stack() -> Iterator[Stack[RedisServer]]:
 
 
 def p99_ms(values: list[float]) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return percentile_ms(values, 0.99)
 
 
 def in_shadow(t: float, restarts: list[float]) -> bool:

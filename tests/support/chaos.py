@@ -534,6 +534,13 @@ def metric_value(text: str, name: str) -> float | None:
     return None
 
 
+def node_gauge(port: int, name: str) -> float:
+    """An unlabelled gauge from a node's /metrics; -1 when it cannot be read."""
+    status, body = http_get(port, "/metrics", 5)
+    value = metric_value(body.decode(), name) if status == 200 else None
+    return -1.0 if value is None else value
+
+
 def stream_ids(client: Any, db: str, coll: str, prefix: str = "vski") -> list[str]:
     """Client-visible ids of every event Redis retains for one collection, in stream order."""
     epoch = client.hget(f"{prefix}:{{{db}/{coll}}}:m", "e")

@@ -131,6 +131,14 @@ def slowloris(port: int, *, body: bool, length: int = 1000) -> socket.socket:
 
 def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tuple[int, Any]:
     """POST one webhook; (status, decoded JSON) or (0, error text) when the connection broke."""
+    status, answer, _ = post_with_headers(port, body, token, timeout)
+    return status, answer
+
+
+def post_with_headers(
+    port: int, body: bytes, token: str, timeout: float = 10.0
+) -> tuple[int, Any, dict[str, str]]:
+    """:func:`post_once` plus the answer's headers (lower-case names; empty when it broke)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(
@@ -141,12 +149,13 @@ def post_once(port: int, body: bytes, token: str, timeout: float = 10.0) -> tupl
         )
         resp = conn.getresponse()
         raw = resp.read()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
         try:
-            return resp.status, json.loads(raw or b"{}")
+            return resp.status, json.loads(raw or b"{}"), headers
         except ValueError:
-            return resp.status, raw[:200].decode(errors="replace")
+            return resp.status, raw[:200].decode(errors="replace"), headers
     except (OSError, http.client.HTTPException) as exc:
-        return 0, repr(exc)
+        return 0, repr(exc), {}
     finally:
         conn.close()
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import random
 import threading
 import time
@@ -18,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tests.support.chaos import webhook
+from tests.support.ingest_http import post_with_headers
 from tests.support.tokens import make_token
 
 
@@ -32,26 +32,20 @@ class Attempt:
 
 
 def post_timed(port: int, body: bytes, token: str, timeout: float) -> tuple[int, str, str | None]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(
-            "POST",
-            "/webhook",
-            body,
-            {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        )
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            answer = json.loads(raw or b"{}")
-        except ValueError:
-            answer = {}
-        code = str(answer.get("id" if resp.status == 200 else "error", ""))
-        return resp.status, code, resp.getheader("Retry-After")
-    except (OSError, http.client.HTTPException) as exc:
-        return 0, type(exc).__name__, None
-    finally:
-        conn.close()
+    """(status, the id of a 200 or the error code, Retry-After) of one delivery."""
+    status, answer, headers = post_with_headers(port, body, token, timeout)
+    if not isinstance(answer, dict):
+        return status, str(answer)[:40], headers.get("retry-after")
+    code = str(answer.get("id" if status == 200 else "error", ""))
+    return status, code, headers.get("retry-after")
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0.99: p99) of seconds, in milliseconds; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
 
 
 class TimedSenders:
