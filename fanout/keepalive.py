@@ -35,7 +35,10 @@ class DeadPeerConnection(ServerConnection):
                     async with asyncio.timeout(self.ping_timeout):
                         latency = await pong_received
                 except TimeoutError:
-                    self.close_timeout = min(self.close_timeout or 0.0, self.dead_peer_close)
+                    wait = self.close_timeout
+                    self.close_timeout = (
+                        self.dead_peer_close if wait is None else min(wait, self.dead_peer_close)
+                    )
                     async with self.send_context():
                         self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                     raise AssertionError("send_context() waits for connection_lost()") from None
