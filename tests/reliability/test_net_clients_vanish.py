@@ -10,6 +10,7 @@ members, and keep serving the survivors meanwhile (0 lost, ping p99 unaffected).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,10 @@ from tests.support.procs import Proc, fanout_proc, ingest_proc
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import make_token
 
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+pytestmark = [
+    pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the C epoll client"),
+]
 
 DB = "vanish"
 COLLS = [f"c{i}" for i in range(4)]  # the C client subscribes connection i to c<i % 4>
