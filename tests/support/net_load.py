@@ -166,10 +166,11 @@ class Prober(threading.Thread):
         self.join(self.timeout + 1)
 
     def first(self, status_ok: bool, after: float) -> float | None:
-        """Time of the first sample at or after ``after`` that was (not) 200."""
-        for at, status, _ in self.samples:
+        """When the first probe sent at or after ``after`` that was (not) 200 got its answer
+        (what a load balancer polling ``path`` would have learnt, and when)."""
+        for at, status, took in self.samples:
             if at >= after and (status == 200) == status_ok:
-                return at
+                return at + took
         return None
 
     def slowest(self, since: float = 0.0, until: float = float("inf")) -> float:
