@@ -75,3 +75,8 @@ PROXY_SECONDS = Histogram(
 REVOKED_CLOSES = Counter(
     "vski_fanout_revoked_closes_total", "Connections closed because their user or token was revoked"
 )
+READY = Gauge(
+    "vski_fanout_ready",
+    "1 while the node is ready (Redis read path alive, not draining), set at each heartbeat",
+)
+DRAINING = Gauge("vski_fanout_draining", "1 from SIGTERM until the node exits")

@@ -9,9 +9,9 @@ from common.logs import get_logger, setup_logging
 from common.policy import Policy, parse_policy
 from common.policy_source import policy_path, read_policy
 from common.redis_conn import sync_client
+from ingest.activity import Activity, TrackedEventStore
 from ingest.app import create_app
 from ingest.settings import POLICY_SNAPSHOT_ENV, load_ingest
-from ingest.store import EventStore
 
 
 def _policy() -> Policy:
@@ -25,14 +25,16 @@ def _policy() -> Policy:
 
 settings = load_ingest()
 setup_logging(settings.common.log_format, settings.common.log_level)
-_store = EventStore(
-    sync_client(settings.common.redis),
+_client = sync_client(settings.common.redis)
+_store = TrackedEventStore(
+    _client,
     settings.common.retention,
     prefix=settings.common.redis.key_prefix,
     dedupe_ttl_ms=settings.dedupe_ttl_ms,
     wait_replicas=settings.wait_replicas,
     wait_timeout_ms=settings.wait_timeout_ms,
 )
+_store.activity = Activity(_client, settings.common.redis.key_prefix)  # /admin/collections
 _verifier = TokenVerifier(settings.common.jwt) if settings.require_auth else None
 app = create_app(settings, _store, _verifier, _policy())
 get_logger("ingest").debug("worker_app_loaded")
