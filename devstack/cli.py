@@ -4,6 +4,7 @@ vski-realtime dev       # Redis (embedded if REDIS_URL is unset), ingest, 2 fano
 vski-realtime token     # a dev token signed with JWT_SECRET (or the stack's stored dev secret)
 vski-realtime post      # post a sample webhook to ingest
 vski-realtime listen    # open the WebSocket like the SDK and print events as they arrive
+vski-realtime status    # the operations view as tables: nodes, busiest collections, groups
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             return _fail(f"--policy: {exc}")
     secret, source = st.dev_secret(state)
-    key, _ = st.admin_key(state)
+    key, key_source = st.admin_key(state)
     proxy = ExampleProxy(args.host, args.proxy_port, secret)
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
     stack = Stack(
@@ -137,6 +138,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "fanout": stack.fanout_urls,
                 "console": console_url,
                 "redis": stack.redis_url,
+                "ops": f"{stack.ingest_url}/admin/",
                 "pids": stack.pids(),
                 "supervisor": os.getpid(),
             },
@@ -152,6 +154,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 webhook_token=st.mint_token(secret, sub=st.WEBHOOK_SUB),
                 secret_source=source,
                 policy=args.policy,
+                ops_url=f"{stack.ingest_url}/admin/#key={key}",
+                admin_key_source=key_source,
                 db=args.db,
                 collection=args.collection,
                 state=str(state),
@@ -237,6 +241,19 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach ingest at {url}: {exc}", 1)
     print(f"{status} {json.dumps(answer)}", flush=True)
     return 0 if status == 200 else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The operations view in the terminal (devstack/status.py)."""
+    from devstack.status import run
+
+    try:
+        key = args.admin_key or st.admin_key(st.state_dir(args.state_dir), create=False)[0]
+    except LookupError as exc:
+        return _fail(str(exc))
+    if args.watch is not None and args.watch <= 0:
+        return _fail("--watch must be a positive number of seconds")
+    return run(_ingest_url(args), key, watch=args.watch, as_json=args.json, limit=args.limit)
 
 
 def _ingest_url(args: argparse.Namespace) -> str:
@@ -390,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--admin-key", help="REALTIME_ADMIN_KEY (default: env, then the dev stack's)")
     rv.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     rv.set_defaults(func=cmd_revoke)
+
+    stt = sub.add_parser(
+        "status", help="the operations view as tables: nodes, busiest collections, groups"
+    )
+    stt.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")
+    stt.add_argument("--admin-key", help="REALTIME_ADMIN_KEY (default: env, then the dev stack's)")
+    stt.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS")
+    stt.add_argument("--json", action="store_true", help="print the API's answers as JSON")
+    stt.add_argument("--limit", type=int, default=10, help="collections shown (default 10)")
+    stt.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
+    stt.set_defaults(func=cmd_status)
 
     po = sub.add_parser("post", help="post a sample webhook to ingest")
     po.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")

@@ -69,6 +69,18 @@ def post_json(
         return exc.code, _json_or_text(exc.read())
 
 
+def get_json(url: str, token: str | None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """GET with an optional bearer token; returns (status, JSON answer)."""
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, _json_or_text(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, _json_or_text(exc.read())
+
+
 def _json_or_text(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
