@@ -77,7 +77,9 @@ def run_script(
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # execute_command: redis-py blocks the evalsha method in cluster pipelines, not
+            # the command (routed by its first key like any other)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results: list[Any] = pipe.execute(raise_on_error=False)
         if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
             client.script_load(script.text)
