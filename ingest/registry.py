@@ -140,12 +140,18 @@ class MasterHeartbeat:
         return True
 
     def _run(self) -> None:
+        # when_ready runs just before the master forks its workers: the first heartbeat
+        # waits (at most a second) for them, so it does not say "0 workers"
+        deadline = time.monotonic() + 1.0
+        while not getattr(self.arbiter, "WORKERS", None) and time.monotonic() < deadline:
+            if self._stop.wait(0.05):
+                return
+        self.beat()
         while not self._stop.wait(self.registry.heartbeat):
             if not self.draining:  # after the draining mark, stop() owns the last word
                 self.beat()
 
     def start(self) -> None:
-        self.beat()
         self._thread = threading.Thread(target=self._run, name="vski-registry", daemon=True)
         self._thread.start()
         _log("info", "registry_joined", node=self.node_id, heartbeat_s=self.registry.heartbeat)
