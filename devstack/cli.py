@@ -253,6 +253,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.watch is not None and args.watch <= 0:
         return _fail("--watch must be a positive number of seconds")
+    if not 1 <= args.limit <= 100:
+        return _fail("--limit must be from 1 to 100")
     return run(_ingest_url(args), key, watch=args.watch, as_json=args.json, limit=args.limit)
 
 

@@ -32,7 +32,7 @@ def fetch_all(ingest: str, key: str, limit: int = 10) -> dict[str, Any]:
     for name, path in (
         ("status", "/admin/status"),
         ("collections", f"/admin/collections?limit={limit}"),
-        ("groups", f"/admin/groups?limit={limit * 5}"),
+        ("groups", f"/admin/groups?limit={min(200, limit * 5)}"),
     ):
         try:
             status, body = get_json(base + path, key)
