@@ -26,50 +26,40 @@ def state_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("VSKI_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
 
 
-def dev_secret(state: Path, *, create: bool = True) -> tuple[str, str]:
-    """The JWT secret and where it came from: ``JWT_SECRET``, else the stored dev secret."""
-    env = os.environ.get("JWT_SECRET", "").strip()
+def _stored(state: Path, env_name: str, file_name: str, what: str, create: bool) -> tuple[str, str]:
+    """A secret from ``env_name``, else from ``<state>/<file_name>``, generated there once (mode
+    0600) so tokens and keys stay valid across restarts of ``vski-realtime dev``."""
+    env = os.environ.get(env_name, "").strip()
     if env:
-        return env, "JWT_SECRET"
-    path = state / "jwt_secret"
+        return env, env_name
+    path = state / file_name
     if path.exists():
         return path.read_text().strip(), str(path)
     if not create:
         raise LookupError(
-            f"no secret: set JWT_SECRET or run `vski-realtime dev` once (it creates {path})"
+            f"no {what}: set {env_name} or run `vski-realtime dev` once (it creates {path})"
         )
     state.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32)
+    value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    return secret, str(path)
+        f.write(value + "\n")
+    return value, str(path)
+
+
+def dev_secret(state: Path, *, create: bool = True) -> tuple[str, str]:
+    """The JWT secret and where it came from: ``JWT_SECRET``, else the stored dev secret."""
+    return _stored(state, "JWT_SECRET", "jwt_secret", "secret", create)
+
+
+def admin_key(state: Path, *, create: bool = True) -> tuple[str, str]:
+    """The key of ingest's /admin/* endpoints: ``REALTIME_ADMIN_KEY``, else a stored one."""
+    return _stored(state, "REALTIME_ADMIN_KEY", "admin_key", "admin key", create)
 
 
 # dev tools sign webhooks as this subject; devstack/example-policy.toml's [webhooks] sender
 # rule accepts it, as a real policy accepts the VSKI master's trigger tokens
 WEBHOOK_SUB = "vski-master"
-
-
-def admin_key(state: Path, *, create: bool = True) -> tuple[str, str]:
-    """The key of ingest's /admin/* endpoints: ``REALTIME_ADMIN_KEY``, else one generated in
-    ``<state>/admin_key`` (mode 0600), like the dev secret."""
-    env = os.environ.get("REALTIME_ADMIN_KEY", "").strip()
-    if env:
-        return env, "REALTIME_ADMIN_KEY"
-    path = state / "admin_key"
-    if path.exists():
-        return path.read_text().strip(), str(path)
-    if not create:
-        raise LookupError(
-            f"no admin key: set REALTIME_ADMIN_KEY or run `vski-realtime dev` once ({path})"
-        )
-    state.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return key, str(path)
 
 
 def mint_token(

@@ -10,6 +10,12 @@ net for a notification lost without a reconnect.
 A SUBSCRIBE with a lastId is replayed from the stream in pages up to the cursor, then joins
 the live set in the same step as the last "caught up?" check (no await in between): no gap,
 no duplicate.
+
+Why one module of ~450 lines: tracking, replay, live delivery, repair and the sweep all move
+one Stream's state between awaits, and their correctness rests on where those awaits are
+(join without an await after the last check; queue notifications while a repair reads);
+splitting them would spread that invariant over files. The decisions themselves are in the
+pure cursor.
 """
 
 from __future__ import annotations

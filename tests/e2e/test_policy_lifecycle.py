@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from common.layout import collection_keys
+from devstack.ports import free_port
 from tests.support.procs import BIN, Proc, base_env, fanout_proc, ingest_proc, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import make_token
@@ -79,7 +80,8 @@ def test_a_bad_file_stops_the_tier_at_start_with_its_location(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
-    env = base_env(redis_srv.url, REALTIME_POLICY=str(bad), INGEST_BIND="127.0.0.1:0")
+    bind = f"127.0.0.1:{free_port()}"
+    env = base_env(redis_srv.url, REALTIME_POLICY=str(bad), INGEST_BIND=bind, FANOUT_BIND=bind)
     done = run_until_exit([str(BIN / tier)], env)
     assert done.returncode != 0
     assert f"{bad}{where}" in done.stderr, done.stderr
@@ -212,13 +214,15 @@ async def test_a_flood_of_refused_subscribes_is_rate_limited_not_a_crash(
 @pytest.mark.parametrize(
     ("claims", "allowed", "sees"),
     [
-        # lists and objects compare false with every plain operator: `!= ""` refuses them
-        ({"sub": ["alice"]}, False, []),
-        ({"sub": {"$ne": ""}}, False, []),
-        # a number or a bool is not "" (strict types); True never equals 12345
-        ({"sub": 12345}, True, ["h3"]),  # 12345 = 12345: numbers compare as numbers
-        ({"sub": True}, True, []),
-        ({"sub": None, "id": None}, False, []),
+        # `id` is read before `sub` ([claims] id = ["id", "sub"]); PyJWT itself refuses a
+        # `sub` that is not a string (401 invalid_token), so the hostile values go in `id`.
+        # Lists and objects compare false with every plain operator: `!= ""` refuses them
+        ({"sub": "h", "id": ["alice"]}, False, []),
+        ({"sub": "h", "id": {"$ne": ""}}, False, []),
+        # a number or a bool is not "" (strict types); 12345 = 12345, True never equals it
+        ({"sub": "h", "id": 12345}, True, ["h3"]),
+        ({"sub": "h", "id": True}, True, []),
+        ({"sub": "", "id": None}, False, []),  # null id: falls back to sub, which is ""
         ({"sub": "x" * 4000}, True, []),
         # claims named like operators or like a rule operand are just claims
         ({"sub": "alice", "||": "true", "&&": {"a": 1}, "@request.auth.id": "bob"}, True, ["h1"]),
