@@ -80,3 +80,6 @@ READY = Gauge(
     "1 while the node is ready (Redis read path alive, not draining), set at each heartbeat",
 )
 DRAINING = Gauge("vski_fanout_draining", "1 from SIGTERM until the node exits")
+MAX_CONNECTIONS = Gauge(
+    "vski_fanout_max_connections", "FANOUT_MAX_CONNECTIONS: connections this node accepts"
+)

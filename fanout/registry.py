@@ -74,6 +74,7 @@ class NodeRegistry:
         self.script = self.client.register_script(SCRIPT.text)
         self.started_at = round(time.time(), 3)
         self.draining = False
+        metrics.MAX_CONNECTIONS.set(settings.max_connections)
         self._events = RateMeter()
         self._reads = RateMeter()
         self._lag = LatencyMeter()
