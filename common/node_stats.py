@@ -20,7 +20,7 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PAGE = resource.getpagesize()
 
 
 @cache

@@ -48,21 +48,27 @@ class Activity:
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = 0
         self._failing = False
+        # a thread does not survive fork: a worker forked from a process that had one starts
+        # its own at its first event (gunicorn's --preload would do that)
+        os.register_at_fork(after_in_child=self._forget_thread)
+
+    def _forget_thread(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = None
 
     def note(self, database: str, collection: str) -> None:
+        """One stored event (the hot path: a lock and a dict increment)."""
         key = (database, collection)
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
-        if self._pid != os.getpid():  # first event in this worker (threads do not survive fork)
+        if self._thread is None:
             self._start()
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._thread is not None:
                 return
-            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="vski-activity", daemon=True)
             self._thread.start()
 

@@ -93,7 +93,14 @@ class AdminRead:
         self.auth = auth
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self.auth.check(req)
+        try:
+            self.auth.check(req)
+        except HTTPRefusal as exc:
+            # who tries the admin API without the key is worth knowing (never the key itself)
+            log.info(
+                "admin_refused", endpoint=self.endpoint, status=exc.status, source=req.remote_addr
+            )
+            raise
         try:
             body = self.read(req)
         except (redis.RedisError, OSError) as exc:

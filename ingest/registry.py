@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -70,7 +71,7 @@ class MasterHeartbeat:
         self.arbiter = arbiter
         self.node_id = f"ingest-{os.urandom(4).hex()}"
         self.keys = RegistryKeys(settings.common.redis.key_prefix)
-        self.client = client if client is not None else sync_client(settings.common.redis)
+        self.client = client if client is not None else _quick_client(settings)
         self.script = self.client.register_script(SCRIPT.text)
         self.started_at = round(time.time(), 3)
         self.draining = False
@@ -164,10 +165,18 @@ class MasterHeartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.settings.common.redis.socket_timeout * 2 + 1)
+            self._thread.join(timeout=3)
         with self._lock, contextlib.suppress(redis.RedisError, OSError):
             self.script(keys=[self.keys.beats, self.keys.expiry], args=leave_args(self.node_id))
             _log("info", "registry_left", node=self.node_id)
+
+
+def _quick_client(settings: IngestSettings) -> Any:
+    """Redis for heartbeats: at most a second per attempt and no retry (the next heartbeat is
+    the retry), so a Redis outage cannot hold up the master, above all its SIGTERM."""
+    quick = min(1.0, settings.common.redis.socket_timeout)
+    redis_settings = replace(settings.common.redis, socket_timeout=quick, connect_timeout=quick)
+    return sync_client(redis_settings, retries=0)
 
 
 _heartbeat: MasterHeartbeat | None = None

@@ -34,7 +34,8 @@ _store = TrackedEventStore(
     wait_replicas=settings.wait_replicas,
     wait_timeout_ms=settings.wait_timeout_ms,
 )
-_store.activity = Activity(_client, settings.common.redis.key_prefix)  # /admin/collections
+if settings.admin_key:  # the busiest collections of /admin/collections (ingest/activity.py)
+    _store.activity = Activity(_client, settings.common.redis.key_prefix)
 _verifier = TokenVerifier(settings.common.jwt) if settings.require_auth else None
 app = create_app(settings, _store, _verifier, _policy())
 get_logger("ingest").debug("worker_app_loaded")

@@ -236,6 +236,7 @@
       cell(tr, n.id, "mono");
       cell(tr, n.role);
       cell(tr, n.address, "mono");
+      cell(tr, n.hostname ? n.hostname + " (pid " + n.pid + ")" : null, "mono");
       cell(tr, n.version);
       cell(tr, fmtAge(n.started_at ? (now - n.started_at) * 1000 : null), "num");
       cell(tr, n.role === "fanout" ? fmtNum(n.connections) : "–", "num");

@@ -235,7 +235,7 @@ def under_load(page: Page, stack: Stack[Any], listeners: list[ClientConnection])
     try:
         time.sleep(14)
         page.fill("#historyCollection", "orders")
-        page.click("#historyNewest")
+        page.fill("#historyAfter", "")
         page.fill("#historyLimit", "8")
         page.click("#historyNewest")
         page.wait_for_selector("#history tr[data-event-id]")
