@@ -8,7 +8,7 @@ vski-realtime claims    # what a token carries (to write policy rules)
 vski-realtime revoke    # cut a user or a token off on every node
 vski-realtime status    # the operations view as tables: nodes, busiest collections, groups
 
-One module for every subcommand (~450 lines): each is a short function over the pieces in
+One module for every subcommand (~470 lines): each is a short function over the pieces in
 ``devstack/`` and ``common/`` (the operations tables are ``devstack/status.py``), and the
 argument parser that names them all is easier to read in one place.
 """
