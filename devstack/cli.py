@@ -160,6 +160,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 webhook_token=st.mint_token(secret, sub=st.WEBHOOK_SUB),
                 secret_source=source,
                 policy=args.policy,
+                proxy_url=proxy.url,
                 ops_url=f"{stack.ingest_url}/admin/#key={key}",
                 admin_key_source=key_source,
                 db=args.db,

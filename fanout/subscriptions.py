@@ -11,6 +11,8 @@ when the policy changes (SIGHUP) are all answered from it.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -84,6 +86,9 @@ class Subscriptions:
         self._by_member: dict[Member, dict[SubKey, Subscription]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        # when grants expire: (expires_at, n, member, key), checked lazily against the index
+        self._schedule: list[tuple[float, int, Member, SubKey]] = []
+        self._order = itertools.count()
 
     @property
     def policy(self) -> Policy:
@@ -139,10 +144,15 @@ class Subscriptions:
         else:
             joined = self._groups().join(member, keys, group, last_id, grant.view, grant.on_delete)
             outcome = SubscribeOutcome(await joined, True)
-        self._by_member.setdefault(member, {})[key] = Subscription(
-            keys, group, grant, claims, token_exp
-        )
+        sub = Subscription(keys, group, grant, claims, token_exp)
+        self._by_member.setdefault(member, {})[key] = sub
+        self._plan(member, key, sub)
         return outcome
+
+    def _plan(self, member: Member, key: SubKey, sub: Subscription) -> None:
+        if sub.grant.expires_at is not None:
+            entry = (sub.grant.expires_at, next(self._order), member, key)
+            heapq.heappush(self._schedule, entry)
 
     async def unsubscribe(self, member: Member, collection: str, group: str | None) -> bool:
         if group is not None:
@@ -204,23 +214,38 @@ class Subscriptions:
             except Exception:
                 log.exception("grant_refresh_failed")
 
+    def _due(self, now: float) -> list[tuple[Member, SubKey, Subscription]]:
+        """Subscriptions whose grant expired by ``now`` (stale schedule entries skipped)."""
+        due = []
+        while self._schedule and self._schedule[0][0] <= now:
+            expires, _n, member, key = heapq.heappop(self._schedule)
+            sub = self._by_member.get(member, {}).get(key)
+            if sub is not None and sub.grant.expires_at == expires:
+                due.append((member, key, sub))
+        return due
+
     async def _recheck(self, expired_before: float | None) -> None:
         """Decide again every subscription (``None``: after a policy change) or those whose
         grant expired before ``expired_before`` (asking the proxy afresh, once per key)."""
+        if expired_before is None:
+            todo = [(m, k, s) for m, subs in list(self._by_member.items()) for k, s in subs.items()]
+        else:
+            todo = self._due(expired_before)
         refused = changed = 0
         asked: set[Any] = set()
-        for member, subs in list(self._by_member.items()):
-            for key, sub in list(subs.items()):
-                expires = sub.grant.expires_at
-                if expired_before is not None and (expires is None or expires > expired_before):
-                    continue
-                if self._by_member.get(member, {}).get(key) is not sub:
-                    continue  # left meanwhile
-                fresh = expired_before is not None and sub.grant.proxy_key not in asked
-                asked.add(sub.grant.proxy_key)
-                outcome = await self._regrant(member, key, sub, fresh=fresh)
-                refused += outcome == "refused"
-                changed += outcome == "changed"
+        for member, key, sub in todo:
+            if self._by_member.get(member, {}).get(key) is not sub:
+                continue  # left meanwhile
+            fresh = expired_before is not None and sub.grant.proxy_key not in asked
+            asked.add(sub.grant.proxy_key)
+            before = sub.grant.expires_at
+            outcome = await self._regrant(member, key, sub, fresh=fresh)
+            refused += outcome == "refused"
+            changed += outcome == "changed"
+            if outcome != "refused" and (
+                expired_before is not None or sub.grant.expires_at != before
+            ):
+                self._plan(member, key, sub)
         if expired_before is None or refused or changed:
             log.info("subscriptions_rechecked", refused=refused, changed=changed, kept=len(self))
 
