@@ -11,9 +11,15 @@ SIGTERM: gunicorn's master calls ``Arbiter.stop`` to stop its workers; :func:`in
 ``mark_draining`` in front of it, so ``draining: true`` is written before the first worker is
 told to stop, and ``on_exit`` removes the instance.
 
-The thread lives in a process that forks workers: it takes :data:`_FORK_LOCK` around every log
-line, and ``os.register_at_fork`` takes the same lock around each fork, so a worker is never
-born holding a half-written log line's lock.
+The thread lives in a process that forks workers, and a fork copies every lock as it is at
+that instant: a worker forked while the thread was halfway through importing a module (the
+first heartbeat imports ``importlib.metadata``'s helpers) or writing a log line would inherit
+that lock held by a thread it does not have, and hang at its own first import or log line
+(seen: a worker that never answered). So every heartbeat, log lines included, runs under
+:data:`_FORK_LOCK`, ``os.register_at_fork`` takes the same lock around each fork, and the
+first heartbeat's record is built once in the main thread before the thread starts. A fork
+waits for a heartbeat in progress: milliseconds, at most ~2 s while Redis hangs (the
+heartbeat's client gives up after 1 s per attempt).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from ingest.settings import IngestSettings
 
 log = get_logger("ingest.registry")
 
-_FORK_LOCK = threading.Lock()
+_FORK_LOCK = threading.RLock()  # reentrant: a heartbeat logs while holding it
 os.register_at_fork(
     before=_FORK_LOCK.acquire,
     after_in_parent=_FORK_LOCK.release,
@@ -126,7 +132,7 @@ class MasterHeartbeat:
         }
 
     def beat(self) -> bool:
-        with self._lock:
+        with self._lock, _FORK_LOCK:
             try:
                 args = beat_args(self.node_id, self.record(), self.registry)
                 self.script(keys=[self.keys.beats, self.keys.expiry], args=args)
@@ -153,6 +159,7 @@ class MasterHeartbeat:
                 self.beat()
 
     def start(self) -> None:
+        self.record()  # the first one imports what it needs here, in the main thread
         self._thread = threading.Thread(target=self._run, name="vski-registry", daemon=True)
         self._thread.start()
         _log("info", "registry_joined", node=self.node_id, heartbeat_s=self.registry.heartbeat)

@@ -407,3 +407,33 @@ def test_history_events_embed_the_stored_json_as_it_is() -> None:
         {"events": [{"id": "1-1@e", "data": msgspec.Raw(b'{"action":"create","record":{"a":1}}')}]}
     )
     assert json.loads(body)["events"][0]["data"]["record"] == {"a": 1}
+
+
+def test_the_ingest_masters_heartbeat_runs_under_the_fork_lock() -> None:
+    """gunicorn forks workers while the heartbeat thread runs: a worker forked halfway through
+    a heartbeat (an import, a log line) could inherit a held lock and hang. A fork takes
+    ``_FORK_LOCK`` (os.register_at_fork), so no fork may happen while a heartbeat writes."""
+    import threading
+    from types import SimpleNamespace
+
+    from ingest import registry as ingest_registry
+
+    seen: list[bool] = []
+
+    def script(**_: Any) -> None:
+        free = threading.Thread(
+            target=lambda: seen.append(ingest_registry._FORK_LOCK.acquire(timeout=0.05))
+        )
+        free.start()
+        free.join()
+
+    class Client:
+        def register_script(self, text: str) -> Any:
+            return script
+
+    settings = load_ingest({"JWT_SECRET": "x" * 32})
+    beat = ingest_registry.MasterHeartbeat(settings, SimpleNamespace(WORKERS={}), Client())
+    assert beat.beat() is True
+    assert seen == [False], "another thread (a fork) could take the lock during a heartbeat"
+    assert ingest_registry._FORK_LOCK.acquire(timeout=0.05)  # and it is free again after
+    ingest_registry._FORK_LOCK.release()
