@@ -3,6 +3,7 @@
 with JWT verification and dedupe on, against a bare Falcon app under the same gunicorn config.
 
     flock /tmp/vski-bench.lock .venv/bin/python bench/ingest_bench.py [--runs 3] [--duration 10]
+        [--ops-view]   # and a row with the operations view on (REALTIME_ADMIN_KEY set)
 
 Each configuration gets a fresh ``redis-server`` and gunicorn on free ports; wrk (install with
 ``apt-get install -y wrk``) posts distinct webhooks (new record id and timestamp per request, 16
@@ -39,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256!!"
+OPS_VIEW_ENV = (("REALTIME_ADMIN_KEY", "bench-admin-key"), ("REGISTRY_HEARTBEAT_SECONDS", "2"))
 SERVER_PIDS: list[int] = []  # gunicorn masters started, for tools that attach a profiler
 
 
@@ -49,6 +51,7 @@ class Config:
     workers: int
     worker_class: str = "sync"
     threads: int = 1
+    env: tuple[tuple[str, str], ...] = ()  # extra settings of this configuration
 
 
 @dataclass
@@ -115,6 +118,7 @@ def server_proc(cfg: Config, redis_port: int, cpus: str | None) -> Iterator[int]
             "LOG_LEVEL": "warning",
         }
     )
+    env.update(dict(cfg.env))
     if cfg.app == "ingest":
         cmd = [str(BIN / "vski-ingest")]
     else:  # the same gunicorn config file, another app
@@ -242,6 +246,12 @@ def main() -> None:
         help="send Connection: close (a new connection per webhook); the sync worker "
         "closes after every response anyway, gthread keeps connections alive",
     )
+    ap.add_argument(
+        "--ops-view",
+        action="store_true",
+        help="add a row: 4 sync workers with REALTIME_ADMIN_KEY set (the operations view's "
+        "activity counting and heartbeat), to compare with the row without it",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit(
@@ -255,6 +265,8 @@ def main() -> None:
 
     configs = [Config(f"ingest sync x{w}", "ingest", int(w)) for w in args.workers.split(",")]
     configs.append(Config("bare sync x4", "bare", 4))
+    if args.ops_view:  # the operations view on: activity counting + the master's heartbeat
+        configs.append(Config("ingest sync x4 +ops", "ingest", 4, env=OPS_VIEW_ENV))
     for spec in filter(None, args.gthread.split(",")):
         w, t = (int(x) for x in spec.split("x"))
         configs.append(Config(f"ingest gthread {w}x{t}", "ingest", w, "gthread", t))

@@ -109,6 +109,47 @@ class RevocationKeys:
         return f"{self.prefix}:{self.tag}:r:{request}"
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryKeys:
+    """The node registry of the operations view, in one slot (``{nodes}``) so one script reads
+    and writes it on Redis Cluster too: a hash of heartbeats (field = node id, value = its JSON)
+    and a sorted set of the same ids scored by when each heartbeat expires (Redis time, ms).
+    Redis 7.0 has no per-field expiry (HEXPIRE), so the scores emulate it: every write and read
+    drops the fields whose score has passed, and both keys expire when no node writes."""
+
+    prefix: str = "vski"
+
+    @property
+    def tag(self) -> str:
+        return "{nodes}"
+
+    @property
+    def beats(self) -> str:
+        return f"{self.prefix}:{self.tag}:h"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.prefix}:{self.tag}:x"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityKeys:
+    """Recently busy collections (``{activity}``, one slot): per time window a sorted set of
+    ``<db>/<collection>`` scored by the events ingest stored in it, and one per database scored
+    by collection name; ingest workers add their counts once a second, the window expires."""
+
+    prefix: str = "vski"
+
+    @property
+    def tag(self) -> str:
+        return "{activity}"
+
+    def window(self, index: int, database: str | None = None) -> str:
+        """The window ``index`` (unix seconds // window length), for all databases or one."""
+        base = f"{self.prefix}:{self.tag}:w:{index}"
+        return base if database is None else f"{base}:{check_name('database', database)}"
+
+
 def collection_keys(database: str, collection: str, prefix: str = "vski") -> CollectionKeys:
     check_name("database", database)
     check_name("collection", collection)
@@ -117,10 +158,19 @@ def collection_keys(database: str, collection: str, prefix: str = "vski") -> Col
 
 def parse_channel(channel: str, prefix: str = "vski") -> tuple[str, str] | None:
     """Inverse of ``CollectionKeys.channel``: (database, collection) or None if not ours."""
-    head = prefix + ":{"
-    if not (channel.startswith(head) and channel.endswith("}:n")):
+    return _parse_collection_key(channel, "n", prefix)
+
+
+def parse_meta_key(key: str, prefix: str = "vski") -> tuple[str, str] | None:
+    """Inverse of ``CollectionKeys.meta``: (database, collection) or None if not ours."""
+    return _parse_collection_key(key, "m", prefix)
+
+
+def _parse_collection_key(key: str, kind: str, prefix: str) -> tuple[str, str] | None:
+    head, tail = prefix + ":{", "}:" + kind
+    if not (key.startswith(head) and key.endswith(tail)):
         return None
-    inner = channel[len(head) : -3]
+    inner = key[len(head) : -len(tail)]
     db, sep, coll = inner.partition("/")
     if not sep or not NAME_RE.match(db) or not NAME_RE.match(coll):
         return None

@@ -25,6 +25,17 @@ def curl_command(ingest_url: str, token: str, db: str, collection: str) -> str:
     )
 
 
+def _ops_lines(ops_url: str | None, key_source: str | None) -> list[str]:
+    if not ops_url:
+        return []
+    return [
+        "See the whole deployment (nodes, busiest collections, groups, history):",
+        "  open the ops URL above (the key after #key= is kept in the tab's sessionStorage)",
+        f"  or: vski-realtime status   (admin key from {key_source or 'REALTIME_ADMIN_KEY'})",
+        "",
+    ]
+
+
 def render(
     *,
     redis: str,
@@ -36,6 +47,8 @@ def render(
     secret_source: str,
     policy: str | None = None,
     proxy_url: str | None = None,
+    ops_url: str | None = None,
+    admin_key_source: str | None = None,
     db: str,
     collection: str,
     state: str,
@@ -51,6 +64,8 @@ def render(
     ]
     if console_url:
         lines.append(f"  console   {console_url}/")
+    if ops_url:
+        lines.append(f"  ops       {ops_url}")
     if proxy_url:
         lines.append(
             f"  proxy     {proxy_url} (example subscribe proxy: devstack/example_proxy.py)"
@@ -70,6 +85,7 @@ def render(
         f"  {subscribe}",
         f"  or: vski-realtime listen --db {db} --collection {collection}",
         "",
+        *_ops_lines(ops_url, admin_key_source),
         "Cut a user off on every node (closes its sockets with 4003, refuses it for a day):",
         "  vski-realtime revoke --user dev",
         "",

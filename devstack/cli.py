@@ -6,10 +6,11 @@ vski-realtime post      # post a sample webhook to ingest
 vski-realtime listen    # open the WebSocket like the SDK and print events as they arrive
 vski-realtime claims    # what a token carries (to write policy rules)
 vski-realtime revoke    # cut a user or a token off on every node
+vski-realtime status    # the operations view as tables: nodes, busiest collections, groups
 
-One module for every subcommand (~430 lines): each is a short function over the pieces in
-``devstack/`` and ``common/``, and the argument parser that names them all is easier to read in
-one place.
+One module for every subcommand (~470 lines): each is a short function over the pieces in
+``devstack/`` and ``common/`` (the operations tables are ``devstack/status.py``), and the
+argument parser that names them all is easier to read in one place.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             return _fail(f"--policy: {exc}")
     secret, source = st.dev_secret(state)
-    key, _ = st.admin_key(state)
+    key, key_source = st.admin_key(state)
     proxy = ExampleProxy(args.host, args.proxy_port, secret)
     redis_url = os.environ.get("REDIS_URL", "").strip() or None
     stack = Stack(
@@ -143,6 +144,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "fanout": stack.fanout_urls,
                 "console": console_url,
                 "redis": stack.redis_url,
+                "ops": f"{stack.ingest_url}/admin/",
                 "pids": stack.pids(),
                 "supervisor": os.getpid(),
             },
@@ -159,6 +161,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 secret_source=source,
                 policy=args.policy,
                 proxy_url=proxy.url,
+                ops_url=f"{stack.ingest_url}/admin/#key={key}",
+                admin_key_source=key_source,
                 db=args.db,
                 collection=args.collection,
                 state=str(state),
@@ -228,10 +232,15 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_key(args: argparse.Namespace) -> str:
+    """``--admin-key``, else REALTIME_ADMIN_KEY, else the dev stack's; LookupError if none."""
+    return str(args.admin_key or st.admin_key(st.state_dir(args.state_dir), create=False)[0])
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     """POST /admin/disconnect: close the sockets of a user or token on every node now."""
     try:
-        key = args.admin_key or st.admin_key(st.state_dir(args.state_dir), create=False)[0]
+        key = _admin_key(args)
     except LookupError as exc:
         return _fail(str(exc))
     body: dict[str, Any] = {"user": args.user} if args.user else {"token_id": args.token_id}
@@ -244,6 +253,21 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach ingest at {url}: {exc}", 1)
     print(f"{status} {json.dumps(answer)}", flush=True)
     return 0 if status == 200 else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The operations view in the terminal (devstack/status.py)."""
+    from devstack.status import run
+
+    try:
+        key = _admin_key(args)
+    except LookupError as exc:
+        return _fail(str(exc))
+    if args.watch is not None and args.watch <= 0:
+        return _fail("--watch must be a positive number of seconds")
+    if not 1 <= args.limit <= 100:
+        return _fail("--limit must be from 1 to 100")
+    return run(_ingest_url(args), key, watch=args.watch, as_json=args.json, limit=args.limit)
 
 
 def _ingest_url(args: argparse.Namespace) -> str:
@@ -397,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--admin-key", help="REALTIME_ADMIN_KEY (default: env, then the dev stack's)")
     rv.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
     rv.set_defaults(func=cmd_revoke)
+
+    stt = sub.add_parser(
+        "status", help="the operations view as tables: nodes, busiest collections, groups"
+    )
+    stt.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")
+    stt.add_argument("--admin-key", help="REALTIME_ADMIN_KEY (default: env, then the dev stack's)")
+    stt.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS")
+    stt.add_argument("--json", action="store_true", help="print the API's answers as JSON")
+    stt.add_argument("--limit", type=int, default=10, help="collections shown (default 10)")
+    stt.add_argument("--state-dir", default=argparse.SUPPRESS, help=state_help)
+    stt.set_defaults(func=cmd_status)
 
     po = sub.add_parser("post", help="post a sample webhook to ingest")
     po.add_argument("--ingest", help=f"ingest base URL (default: running stack, {DEFAULT_INGEST})")

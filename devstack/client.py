@@ -60,6 +60,20 @@ def post_json(
         method="POST",
         headers={"Content-Type": "application/json"},
     )
+    return _send(req, token, timeout)
+
+
+def get_json(url: str, token: str | None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """GET with an optional bearer token; returns (status, JSON answer)."""
+    return _send(
+        urllib.request.Request(url, headers={"Accept": "application/json"}), token, timeout
+    )
+
+
+def _send(
+    req: urllib.request.Request, token: str | None, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """Send with the bearer token; an HTTP error status is an answer too, not an exception."""
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:

@@ -37,6 +37,7 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
     from fanout.access import Access
     from fanout.groups import Groups
     from fanout.hub import Hub, HubSettings
+    from fanout.registry import NodeRegistry
     from fanout.revocations import Revocations
     from fanout.server import FanoutServer
     from fanout.subscribe_proxy import ProxySettings, SubscribeProxy
@@ -84,6 +85,8 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
     server.revocations = revocations
     await revocations.start()
     await server.start()
+    registry = NodeRegistry(settings, settings.registry, server, hub, groups)
+    await registry.start()  # heartbeats for the operations view
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,11 +96,13 @@ async def run(settings: FanoutSettings, policy: PolicySource) -> None:
     await stop.wait()
     started = time.monotonic()
     log.info("shutdown_requested", drain_s=settings.drain_seconds)
+    await registry.mark_draining()  # before the first connection is closed (fanout/registry.py)
     # the whole exit (drain + hub stop) stays within FANOUT_DRAIN_SECONDS
     await server.drain(settings.drain_seconds * 0.8)
     with contextlib.suppress(Exception):
         left = max(0.1, settings.drain_seconds - (time.monotonic() - started) - 0.1)
         async with asyncio.timeout(left):
+            await registry.stop()
             await revocations.stop()
             await subscriptions.stop()
             await groups.stop()

@@ -79,3 +79,11 @@ TASKS = Gauge(
     "vski_fanout_asyncio_tasks",
     "asyncio tasks alive in the node (a leak shows as growth after faults heal)",
 )
+READY = Gauge(
+    "vski_fanout_ready",
+    "1 while the node is ready (Redis read path alive, not draining), set at each heartbeat",
+)
+DRAINING = Gauge("vski_fanout_draining", "1 from SIGTERM until the node exits")
+MAX_CONNECTIONS = Gauge(
+    "vski_fanout_max_connections", "FANOUT_MAX_CONNECTIONS: connections this node accepts"
+)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.config import CommonSettings, ConfigError, Env, load_common
+from common.registry import RegistrySettings, load_registry
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class FanoutSettings:
     proxy_url: str | None = None  # REALTIME_SUBSCRIBE_PROXY_URL: the subscribe proxy
     proxy_timeout: float = 1.0  # seconds, REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS / 1000
     proxy_max_inflight: int = 64  # proxy requests in flight per node
+    registry: RegistrySettings = field(default_factory=RegistrySettings)  # REGISTRY_*
 
     @property
     def host(self) -> str:
@@ -92,6 +94,7 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         proxy_url=_proxy_url(e),
         proxy_timeout=e.int("REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS", 1000, minimum=10) / 1000,
         proxy_max_inflight=e.int("FANOUT_PROXY_MAX_INFLIGHT", 64, minimum=1),
+        registry=load_registry(env),
     )
 
 

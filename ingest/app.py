@@ -31,6 +31,7 @@ from common.policy_source import policy_label
 from common.ratelimit import KeyedRateLimiter
 from ingest import metrics
 from ingest.admin_auth import AdminAuth
+from ingest.ops_api import add_ops_routes
 from ingest.revocations import DisconnectResource
 from ingest.sender import sender_address
 from ingest.settings import IngestSettings
@@ -293,6 +294,7 @@ def create_app(
     admin = AdminAuth(settings.admin_key)
     if admin.enabled:  # without REALTIME_ADMIN_KEY, /admin/* does not exist (404)
         app.add_route("/admin/disconnect", DisconnectResource(settings, store.client, admin))
+        add_ops_routes(app, store.client, settings.common.redis.key_prefix, admin)  # /admin/*
     app.add_sink(_not_found, "/")
     app.add_error_handler(Exception, _error_handler)
     app.add_error_handler(falcon.HTTPError, _error_handler)

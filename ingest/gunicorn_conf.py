@@ -122,6 +122,13 @@ def on_starting(server: Any) -> None:
         )
 
 
+def when_ready(server: Any) -> None:
+    """The master registers the instance for the operations view (ingest/registry.py)."""
+    from ingest import registry
+
+    registry.install(_s, server)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -135,6 +142,9 @@ def on_reload(server: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    from ingest import registry
+
+    registry.uninstall()
     shutil.rmtree(_policy_dir, ignore_errors=True)
     if _owned_metrics_dir:
         shutil.rmtree(_owned_metrics_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from common.config import CommonSettings, ConfigError, Env, load_common
+from common.registry import RegistrySettings, load_registry
 
 WORKER_CLASSES = ("sync", "gthread")
 # set by the gunicorn master for its workers: the policy text it validated (gunicorn_conf.py)
@@ -34,6 +35,7 @@ class IngestSettings:
     trusted_proxies: frozenset[str] = frozenset()  # peers whose X-Forwarded-For is believed
     control_socket: str | None = None  # gunicorn's control socket; None = disabled
     admin_key: str | None = field(default=None, repr=False)  # REALTIME_ADMIN_KEY: /admin/*
+    registry: RegistrySettings = field(default_factory=RegistrySettings)  # REGISTRY_*
 
 
 def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -74,4 +76,5 @@ def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
         trusted_proxies=frozenset(e.list("INGEST_TRUSTED_PROXIES")),
         control_socket=e.opt("INGEST_CONTROL_SOCKET"),
         admin_key=e.opt("REALTIME_ADMIN_KEY"),
+        registry=load_registry(env),
     )

@@ -37,6 +37,7 @@ Modules
     ``groups``        consumer-group members (``GroupClient``) and their ``Ledger``
     ``chaos``         load, resuming clients and result rows of the reliability suites
     ``dev_stack``     ``vski-realtime dev`` as a child process
+    ``ops``           the operations view's suites: admin key, admin API reads, fast heartbeats
     ``browser``       headless system Chromium through playwright (``chromium_page``)
     ``deploy_files``  deploy/compose files as data
     ``tokens``        JWTs signed with the tests' secret

@@ -30,6 +30,8 @@ BACKEND_SUITES: dict[str, int] = {
     "tests/e2e/test_fanout_e2e.py": 6,
     "tests/e2e/test_groups_e2e.py": 4,
     "tests/e2e/test_policy_e2e.py": 6,
+    "tests/e2e/test_ops_api.py": 10,
+    "tests/integration/test_registry.py": 6,
 }
 
 
