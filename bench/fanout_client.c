@@ -8,6 +8,10 @@
  *   NOLAT=1: do not compute latencies (frames carry stale timestamps, e.g. the bare loop).
  *   TOKENS: a file of JWTs, one per line: connection i appends "&auth=<line i % lines>" to PATH
  *   (a user per connection, for access-policy cases).
+ * FANOUT_CLIENT_PROTOCOL=nchan (environment): the peer server's protocol instead of ours. PATH is a
+ *   template where "{c}" stands for the collection number (e.g. "/sub/c{c}"), no SUBSCRIBE is
+ *   sent, a connection counts as subscribed once its handshake completes, and every text frame is
+ *   one event (a message whose JSON has "sent").
  * Prints "READY <n>" once all connections are subscribed, "P <events> <frames> <closed>" every
  * 0.5 s, and on SIGTERM/SIGINT a final JSON line with counts and latency percentiles.
  * Latency of an event = receive wall time - the "sent" field (unix seconds) inside its record.
@@ -49,6 +53,7 @@ static uint64_t close_codes[5000];
 static double first_ev = 0, last_ev = 0;
 static volatile sig_atomic_t stop_flag = 0;
 static int nolat = 0;
+static int nchan_mode = 0; /* FANOUT_CLIENT_PROTOCOL=nchan */
 
 static double now_wall(void) {
     struct timespec ts;
@@ -79,14 +84,16 @@ static void send_masked(int fd, int opcode, const char *payload, size_t n) {
 }
 
 static void on_text(conn_t *c, const char *p, size_t n) {
-    if (!c->subscribed) {
-        if (memmem(p, n, "\"SUBSCRIBED\"", 12)) { c->subscribed = 1; subscribed_n++; return; }
-        /* a refused SUBSCRIBE: done with this connection's setup (counted, not retried) */
-        if (memmem(p, n, "\"ERROR\"", 7)) { errors_n++; c->subscribed = -1; sub_failed_n++; return; }
-    }
-    if (!memmem(p, n < 40 ? n : 40, "\"EVENT\"", 7)) {
-        if (memmem(p, n, "\"ERROR\"", 7)) errors_n++;
-        return;
+    if (!nchan_mode) {  /* ours: setup replies, then EVENT frames; nchan's frames are all events */
+        if (!c->subscribed) {
+            if (memmem(p, n, "\"SUBSCRIBED\"", 12)) { c->subscribed = 1; subscribed_n++; return; }
+            /* a refused SUBSCRIBE: done with this connection's setup (counted, not retried) */
+            if (memmem(p, n, "\"ERROR\"", 7)) { errors_n++; c->subscribed = -1; sub_failed_n++; return; }
+        }
+        if (!memmem(p, n < 40 ? n : 40, "\"EVENT\"", 7)) {
+            if (memmem(p, n, "\"ERROR\"", 7)) errors_n++;
+            return;
+        }
     }
     frames++;
     double t = nolat ? 0 : now_wall();
@@ -178,6 +185,8 @@ int main(int argc, char **argv) {
     int nconn = atoi(argv[4]);
     int ncoll = atoi(argv[5]);
     nolat = argc > 6 && atoi(argv[6]) == 1;
+    const char *protocol = getenv("FANOUT_CLIENT_PROTOCOL");
+    nchan_mode = protocol && strcmp(protocol, "nchan") == 0;
     char **tokens = NULL;
     int ntokens = 0;
     if (argc > 7) {
@@ -249,12 +258,18 @@ int main(int argc, char **argv) {
                 continue;
             }
             if (c->state == ST_CONNECTING && (evs[i].events & EPOLLOUT)) {
-                char req[8192];
+                char req[8192], target[4096];
                 const char *auth = ntokens ? tokens[(c - conns) % ntokens] : NULL;
+                const char *slot = nchan_mode ? strstr(path, "{c}") : NULL;
+                if (slot)  /* the channel of this connection's collection */
+                    snprintf(target, sizeof target, "%.*s%d%s", (int)(slot - path), path, c->coll,
+                             slot + 3);
+                else
+                    snprintf(target, sizeof target, "%s", path);
                 int rl2 = snprintf(req, sizeof req,
                     "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                    path, auth ? "&auth=" : "", auth ? auth : "", host, port);
+                    target, auth ? "&auth=" : "", auth ? auth : "", host, port);
                 if (write(c->fd, req, rl2) != rl2) { do_close(ep, c); continue; }
                 c->state = ST_HANDSHAKE;
                 struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
@@ -287,10 +302,15 @@ int main(int argc, char **argv) {
                     memmove(c->buf, c->buf + hl, c->len - hl);
                     c->len -= hl;
                     c->state = ST_OPEN;
-                    char sub[128];
-                    int sl = snprintf(sub, sizeof sub,
-                        "{\"type\":\"SUBSCRIBE\",\"collection\":\"c%d\"}", c->coll);
-                    send_masked(c->fd, 1, sub, sl);
+                    if (nchan_mode) {  /* subscribed by the handshake itself */
+                        c->subscribed = 1;
+                        subscribed_n++;
+                    } else {
+                        char sub[128];
+                        int sl = snprintf(sub, sizeof sub,
+                            "{\"type\":\"SUBSCRIBE\",\"collection\":\"c%d\"}", c->coll);
+                        send_masked(c->fd, 1, sub, sl);
+                    }
                 }
                 parse_frames(ep, c);
                 if (c->state == ST_CLOSED) break;
