@@ -65,6 +65,7 @@ class Case:
     policy: str | None = None  # a key of POLICIES: the node runs with that access policy
     users: int = 0  # 0: every connection is user "bench"; N: connection i is user u<i % N>
     # each event's record has author u<i % users>: with the owner filter it reaches 1 client
+    record_bytes: int = 0  # > 0: each record is padded to this many bytes of JSON
 
 
 # access policies of the policy cases: every record is published and has an author
@@ -80,6 +81,7 @@ CASES = {
     "a500": Case("a500", 1000, 1, 500, 10),
     "b": Case("b", 1000, 100, 500, 10, note="10 clients per collection"),
     "c": Case("c", 10000, 1, 10, 10, note="10k clients"),
+    "c5": Case("c5", 10000, 1, 5, 10, note="10k clients, 5 webhooks/s: 50k deliveries/s"),
     "cmax": Case("cmax", 19000, 1, 5, 10, note="largest: open files hard limit is 20,000"),
     "sat1": Case(
         "sat1",
@@ -171,7 +173,30 @@ def tokens_file(directory: Path, users: int) -> Path:
     return path
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants: a server of several processes (an nginx master and its
+    workers, a supervisor and its nodes) is measured as the sum of them."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its descendants (see ``tree_pids``)."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += process_cpu_seconds(p)
+    return total
+
+
+def process_cpu_seconds(pid: int) -> float:
     """CPU time of every thread of ``pid``: schedstat's nanoseconds where the kernel has them
     (stat's clock ticks are 10 ms: too coarse for a node that idles at 50 webhooks/s)."""
     try:
@@ -187,13 +212,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident and peak resident MB, summed over ``pid`` and its descendants."""
     rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm += int(line.split()[1])
     return rss / 1024, hwm / 1024
 
 
@@ -286,11 +313,13 @@ class LoadClient:
         colls: int,
         nolat: bool = False,
         tokens: Path | None = None,
+        protocol: str = "vski",  # or "nchan": see fanout_client.c
     ) -> None:
         args = [str(binary), "127.0.0.1", str(port), path, str(n), str(colls), str(int(nolat))]
         if tokens is not None:
             args.append(str(tokens))
-        self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ, FANOUT_CLIENT_PROTOCOL=protocol)
+        self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True, env=env)
         self.ready = threading.Event()
         self.subscribed = 0
         self.events = 0
@@ -347,9 +376,11 @@ class Poster:
         seconds: float,
         threads: int = 4,
         users: int = 1,
+        record_bytes: int = 0,
     ) -> None:
         self.port, self.db, self.colls = port, db, colls
         self.users = max(1, users)
+        self.record_bytes = record_bytes
         self.rate, self.count = rate, int(rate * seconds)
         self.threads = threads
         self.ok_per_coll = [0] * colls
@@ -370,6 +401,21 @@ class Poster:
             self.latencies.append(time.perf_counter() - started)
         return ok
 
+    def record(self, i: int) -> dict[str, Any]:
+        """Record ``i``; ``sent`` is the wall time now, so latency is measured from here."""
+        rec: dict[str, Any] = {
+            "id": f"r{i}",
+            "n": i,
+            "title": "a record of typical size",
+            "status": "published",
+            "author": f"u{i % self.users}",
+            "sent": time.time(),
+        }
+        if self.record_bytes:
+            rec["body"] = ""
+            rec["body"] = "x" * max(0, self.record_bytes - len(json.dumps(rec)))
+        return rec
+
     def _post_once(self, i: int) -> bool:
         body = json.dumps(
             {
@@ -377,29 +423,22 @@ class Poster:
                 "collection": f"c{i % self.colls}",
                 "id": f"r{i}",
                 "action": "create",
-                "record": {
-                    "id": f"r{i}",
-                    "n": i,
-                    "title": "a record of typical size",
-                    "status": "published",
-                    "author": f"u{i % self.users}",
-                    "sent": time.time(),
-                },
+                "record": self.record(i),
             }
         ).encode()
+        return self.send("/webhook", body, {"Authorization": self.auth}) == 200
+
+    def send(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST ``body`` on a new connection (as gunicorn's sync worker wants); the status, or 0
+        when the request failed."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request(
-                "POST",
-                "/webhook",
-                body,
-                {"Content-Type": "application/json", "Authorization": self.auth},
-            )
+            conn.request("POST", path, body, {"Content-Type": "application/json", **headers})
             resp = conn.getresponse()
             resp.read()
-            return resp.status == 200
+            return resp.status
         except (OSError, http.client.HTTPException):
-            return False
+            return 0
         finally:
             conn.close()
 
@@ -468,6 +507,7 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
             case.seconds,
             a.poster_threads,
             users=case.users if case.policy == "owner" else 1,
+            record_bytes=case.record_bytes,
         )
         poster.run()
         subs = [
@@ -749,6 +789,7 @@ def main() -> None:
                         case.note,
                         case.policy,
                         case.users,
+                        case.record_bytes,
                     )
                 try:
                     row = (
