@@ -13,8 +13,9 @@ The settings that matter for the load (each is nchan's or nginx's own directive)
 
 - ``worker_processes N`` (the peer of ``FANOUT_PROCESSES=N``), ``daemon off; master_process
   on`` so the master stays our child and its workers die with it;
-- ``worker_connections`` and ``worker_rlimit_nofile`` sized for ``max_connections`` (10,000
-  subscribers and more);
+- ``worker_connections`` sized for ``max_connections`` (10,000 subscribers and more), and
+  ``worker_rlimit_nofile`` as well, capped at the hard open-files limit (raising that needs a
+  capability a container may not have; 20,000 here);
 - ``nchan_subscriber_first_message newest``: a subscriber gets messages published after it
   connected, as ours do without ``lastId`` (nchan's default, ``oldest``, replays the buffer);
 - ``nchan_message_buffer_length 100`` and ``nchan_message_timeout 60s``: each channel keeps its
