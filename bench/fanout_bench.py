@@ -530,6 +530,22 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         if client is not None and client.proc.poll() is None:
             client.proc.kill()
         stack.stop_proc(node)
+    row = delivery_row(case, res, poster, expected, cpu1 - cpu0, t1 - t0, rss, hwm)
+    return {**row, "lag50": lag50, "lag99": lag99, "note": case.note}
+
+
+def delivery_row(
+    case: Case,
+    res: dict[str, Any],
+    poster: Poster,
+    expected: int,
+    cpu_s: float,
+    window_s: float,
+    rss: float,
+    hwm: float,
+) -> dict[str, Any]:
+    """The columns of a paced delivery case, from the load client's result, the poster, the
+    deliveries expected and the server's CPU seconds over the window."""
     span = max(res["span_s"], 1e-9)
     return {
         "case": case.name,
@@ -547,16 +563,13 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         "max": res["max_ms"],
         "loss": expected - res["events"],
         "expected": expected,
-        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
-        "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
+        "cpu": 100 * cpu_s / max(window_s, 1e-9),
+        "cpu_us_webhook": 1e6 * cpu_s / max(poster.ok, 1),
         "rss": rss,
         "hwm": hwm,
         "closed": res["closed"],
         "sub_failed": res["sub_failed"],
         "ingest_p50": poster.ingest_p50_ms(),
-        "lag50": lag50,
-        "lag99": lag99,
-        "note": case.note,
     }
 
 

@@ -134,29 +134,14 @@ class Peers:
             client.settle(poster.ok * case.clients // case.colls)
             t1 = client.last_change
             cpu1 = fb.cpu_seconds(nchan.pid)
-            rss, _ = fb.rss_mb(nchan.pid)
+            rss, hwm = fb.rss_mb(nchan.pid)
             res = client.finish()
             expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, client.subs, strict=True))
         finally:
             if client is not None and client.proc.poll() is None:
                 client.proc.kill()
             nchan.stop()
-        return {
-            "case": case.name,
-            "clients": res["subscribed"],
-            "offered": case.rate,
-            "posted_rate": poster.ok / max(poster.elapsed, 1e-9),
-            "posted": poster.ok,
-            "events_s": res["events"] / max(res["span_s"], 1e-9),
-            "p50": res["p50_ms"],
-            "p99": res["p99_ms"],
-            "max": res["max_ms"],
-            "loss": expected - res["events"],
-            "expected": expected,
-            "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
-            "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
-            "rss": rss,
-        }
+        return fb.delivery_row(case, res, poster, expected, cpu1 - cpu0, t1 - t0, rss, hwm)
 
     def saturation(self, server: str) -> dict[str, Any]:
         """The step search: the last step that held, with every step's result."""
