@@ -81,7 +81,6 @@ CASES = {
     "a500": Case("a500", 1000, 1, 500, 10),
     "b": Case("b", 1000, 100, 500, 10, note="10 clients per collection"),
     "c": Case("c", 10000, 1, 10, 10, note="10k clients"),
-    "c5": Case("c5", 10000, 1, 5, 10, note="10k clients, 5 webhooks/s: 50k deliveries/s"),
     "cmax": Case("cmax", 19000, 1, 5, 10, note="largest: open files hard limit is 20,000"),
     "sat1": Case(
         "sat1",
@@ -93,6 +92,7 @@ CASES = {
         note="saturation, 1 event/frame",
     ),
     "single": Case("single", 1, 1, 50, 10, note="one subscriber: CPU per webhook baseline"),
+    "c5": Case("c5", 10000, 1, 5, 10, note="10k subscribers x 5 webhooks/s: 50k deliveries/s"),
     "aimpub": Case("aimpub", 1000, 1, 50, 10, policy="claimfree", note="aim, claim-free filter"),
     "a500pub": Case(
         "a500pub", 1000, 1, 500, 10, policy="claimfree", note="a500, claim-free filter"
@@ -173,9 +173,8 @@ def tokens_file(directory: Path, users: int) -> Path:
     return path
 
 
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and all its descendants: a server of several processes (an nginx master and its
-    workers, a supervisor and its nodes) is measured as the sum of them."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its children)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -183,20 +182,28 @@ def tree_pids(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
+                    todo.extend(int(c) for c in f.read().split())
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and its descendants (see ``tree_pids``)."""
+def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
-    for p in tree_pids(pid):
+    for p in process_tree(pid):
         with contextlib.suppress(OSError):
-            total += process_cpu_seconds(p)
+            total += cpu_seconds(p)
     return total
 
 
-def process_cpu_seconds(pid: int) -> float:
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    rss = hwm = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            r, h = rss_mb(p)
+            rss, hwm = rss + r, hwm + h
+    return rss, hwm
+
+
+def cpu_seconds(pid: int) -> float:
     """CPU time of every thread of ``pid``: schedstat's nanoseconds where the kernel has them
     (stat's clock ticks are 10 ms: too coarse for a node that idles at 50 webhooks/s)."""
     try:
@@ -212,15 +219,13 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    """Resident and peak resident MB, summed over ``pid`` and its descendants."""
     rss = hwm = 0
-    for p in tree_pids(pid):
-        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm += int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
     return rss / 1024, hwm / 1024
 
 
@@ -530,22 +535,6 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         if client is not None and client.proc.poll() is None:
             client.proc.kill()
         stack.stop_proc(node)
-    row = delivery_row(case, res, poster, expected, cpu1 - cpu0, t1 - t0, rss, hwm)
-    return {**row, "lag50": lag50, "lag99": lag99, "note": case.note}
-
-
-def delivery_row(
-    case: Case,
-    res: dict[str, Any],
-    poster: Poster,
-    expected: int,
-    cpu_s: float,
-    window_s: float,
-    rss: float,
-    hwm: float,
-) -> dict[str, Any]:
-    """The columns of a paced delivery case, from the load client's result, the poster, the
-    deliveries expected and the server's CPU seconds over the window."""
     span = max(res["span_s"], 1e-9)
     return {
         "case": case.name,
@@ -563,13 +552,16 @@ def delivery_row(
         "max": res["max_ms"],
         "loss": expected - res["events"],
         "expected": expected,
-        "cpu": 100 * cpu_s / max(window_s, 1e-9),
-        "cpu_us_webhook": 1e6 * cpu_s / max(poster.ok, 1),
+        "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
         "rss": rss,
         "hwm": hwm,
         "closed": res["closed"],
         "sub_failed": res["sub_failed"],
         "ingest_p50": poster.ingest_p50_ms(),
+        "lag50": lag50,
+        "lag99": lag99,
+        "note": case.note,
     }
 
 

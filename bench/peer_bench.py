@@ -2,7 +2,7 @@
 
 Run under the exclusive lock, and hold it for one whole comparison (at most ~15 minutes):
 
-    flock -x /tmp/vski-bench.lock .venv/bin/python bench/peer_bench.py --repeat 3
+    flock -x /tmp/vski-bench.lock .venv/bin/python bench/peer_bench.py --cases p20,p50,c5,idle
     flock -x /tmp/vski-bench.lock .venv/bin/python bench/peer_bench.py --cases sat --repeat 3
 
 Method
@@ -10,8 +10,8 @@ Method
   client share ``--load-cpu`` (core 1), all at nice -10 (``bench/fanout_bench.py``'s machinery,
   imported, not copied). ``--workers 1,2``: nchan ``worker_processes N`` against vski-fanout with
   ``FANOUT_PROCESSES=N``; with N = 2 both servers are pinned to cores 0,1, so they share core 1
-  with the load. A vski-fanout that starts no child processes under ``FANOUT_PROCESSES=2`` does
-  not have that setting yet: its 2-process rows are skipped, and said so.
+  with the load. In a build without ``FANOUT_PROCESSES`` (fanout_bench's node cases take no
+  ``processes``) the N-process rows are skipped, and the script says so.
 - Load client: ``bench/fanout_client.c``, one epoll loop; for nchan in its ``nchan`` mode
   (``/sub/c<i % colls>``, no SUBSCRIBE, every text frame one event). Latency = receive time -
   the record's ``sent``.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import statistics
@@ -72,22 +73,15 @@ class NchanPoster(fb.Poster):
         return 200 <= self.send(f"/pub/c{i % self.colls}", body, {}) < 300
 
 
+# the columns of a delivery case in the peer tables (fanout_bench's names)
+ROW_KEYS = ("case", "clients", "offered", "posted_rate", "events_s", "p50", "p99", "max", "loss")
+
+
 def summary(r: dict[str, Any]) -> dict[str, Any]:
-    """The columns the peer tables need, from a fanout_bench row or ours."""
+    """A fanout_bench node row, cut to ROW_KEYS, with CPU per delivery and RSS."""
     events = max(r["expected"] - r["loss"], 1)
-    return {
-        "case": r["case"],
-        "clients": r["clients"],
-        "offered": r["offered"],
-        "posted_rate": r["posted_rate"],
-        "events_s": r["events_s"],
-        "p50": r["p50"],
-        "p99": r["p99"],
-        "max": r["max"],
-        "loss": r["loss"],
-        "cpu_us_delivery": r["cpu_us_webhook"] * r["posted"] / events,
-        "rss": r["rss"],
-    }
+    cpu_us = r["cpu_us_webhook"] * r["posted"] / events
+    return {**{k: r[k] for k in ROW_KEYS}, "cpu_us_delivery": cpu_us, "rss": r["rss"]}
 
 
 class Peers:
@@ -102,18 +96,21 @@ class Peers:
         self.seq += 1
         return self.seq
 
-    def vski_env(self) -> dict[str, str]:
-        return {"FANOUT_PROCESSES": str(self.workers)} if self.workers > 1 else {}
+    def processes(self) -> dict[str, int]:
+        """fanout_bench's processes argument (it pins N > 1 to both cores itself)."""
+        return {"processes": self.workers} if self.workers > 1 else {}
 
     def nchan(self, clients: int) -> NchanServer:
-        prefix = fb.pinned(self.stack.args.server_cpu, [])
-        return NchanServer(self.workers, clients + 1000, prefix).start()
+        a = self.stack.args
+        cpus = a.server_cpu if self.workers == 1 else f"{a.server_cpu},{a.load_cpu}"
+        return NchanServer(self.workers, clients + 1000, fb.pinned(cpus, [])).start()
 
     def run(self, server: str, case: fb.Case) -> dict[str, Any]:
         if server == "vski":
-            case = dataclasses.replace(case, env={**case.env, **self.vski_env()})
-            return summary(fb.run_node_case(self.stack, self.client_bin, case, self.next_seq()))
-        return summary(self.run_nchan(case))
+            seq = self.next_seq()
+            row = fb.run_node_case(self.stack, self.client_bin, case, seq, **self.processes())
+            return summary(row)
+        return self.run_nchan(case)
 
     def run_nchan(self, case: fb.Case) -> dict[str, Any]:
         a = self.stack.args
@@ -127,23 +124,33 @@ class Peers:
             if not client.ready.wait(120):
                 raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
             time.sleep(0.5)
-            cpu0, t0 = fb.cpu_seconds(nchan.pid), time.monotonic()
+            cpu0 = fb.tree_cpu_seconds(nchan.pid)
             poster = NchanPoster(
                 nchan.port, "", case.colls, case.rate, case.seconds, a.poster_threads,
                 record_bytes=case.record_bytes,
             )  # fmt: skip
             poster.run()
             client.settle(poster.ok * case.clients // case.colls)
-            t1 = client.last_change
-            cpu1 = fb.cpu_seconds(nchan.pid)
-            rss, hwm = fb.rss_mb(nchan.pid)
+            cpu_s = fb.tree_cpu_seconds(nchan.pid) - cpu0
+            rss, _ = fb.tree_rss_mb(nchan.pid)
             res = client.finish()
             expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, client.subs, strict=True))
         finally:
             if client is not None and client.proc.poll() is None:
                 client.proc.kill()
             nchan.stop()
-        return fb.delivery_row(case, res, poster, expected, cpu1 - cpu0, t1 - t0, rss, hwm)
+        row = {k: res[f"{k}_ms"] for k in ("p50", "p99", "max")}
+        row.update(
+            case=case.name,
+            clients=res["subscribed"],
+            offered=case.rate,
+            posted_rate=poster.ok / max(poster.elapsed, 1e-9),
+            events_s=res["events"] / max(res["span_s"], 1e-9),
+            loss=expected - res["events"],
+            cpu_us_delivery=1e6 * cpu_s / max(res["events"], 1),
+            rss=rss,
+        )
+        return row
 
     def saturation(self, server: str) -> dict[str, Any]:
         """The step search: the last step that held, with every step's result."""
@@ -175,7 +182,7 @@ class Peers:
         """RSS delta per connection with IDLE_CLIENTS idle subscribers."""
         node = nchan = None
         if server == "vski":
-            node, port = self.stack.fanout(self.vski_env())
+            node, port = self.stack.fanout({}, **self.processes())
             pid, path, protocol = node.pid, f"/api/realtime?db=idle&auth={fb.token()}", "vski"
         else:
             nchan = self.nchan(IDLE_CLIENTS)
@@ -183,7 +190,7 @@ class Peers:
         client: fb.LoadClient | None = None
         try:
             time.sleep(1.0)
-            before, _ = fb.rss_mb(pid)
+            before, _ = fb.tree_rss_mb(pid)
             client = fb.LoadClient(
                 self.client_bin, self.stack.args.load_cpu, port, path, IDLE_CLIENTS, 1,
                 nolat=True, protocol=protocol,
@@ -191,7 +198,7 @@ class Peers:
             if not client.ready.wait(180):
                 raise RuntimeError(f"idle: clients did not connect ({client.subscribed})")
             time.sleep(2.0)
-            after, _ = fb.rss_mb(pid)
+            after, _ = fb.tree_rss_mb(pid)
             connected = client.subscribed
             client.finish()
         finally:
@@ -217,14 +224,11 @@ class Peers:
             return self.idle(server)
         return self.run(server, CASES[name])
 
-    def vski_has_processes(self) -> bool:
-        """Does this vski-fanout run several processes under FANOUT_PROCESSES?"""
-        node, _ = self.stack.fanout(self.vski_env())
-        try:
-            time.sleep(1.5)
-            return len(fb.tree_pids(node.pid)) > 1
-        finally:
-            self.stack.stop_proc(node)
+    @staticmethod
+    def vski_has_processes() -> bool:
+        """Can this build run vski-fanout as N processes (``FANOUT_PROCESSES``, which
+        fanout_bench's node cases take as ``processes``)?"""
+        return "processes" in inspect.signature(fb.run_node_case).parameters
 
 
 # (label, key, format, higher is better)
@@ -347,7 +351,6 @@ def main() -> None:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    one_cpu = a.server_cpu
     out: dict[str, Any] = {}
     stack = fb.Stack(a)
     client_bin = fb.build_client(stack.tmp)
@@ -355,18 +358,17 @@ def main() -> None:
         peers = Peers(a, stack, client_bin)
         for workers in (int(w) for w in a.workers.split(",")):
             peers.workers = workers
-            a.server_cpu = one_cpu if workers == 1 else f"{one_cpu},{a.load_cpu}"
             servers = list(SERVERS)
             if workers > 1 and not peers.vski_has_processes():
                 log(
-                    f"# vski-fanout ran one process under FANOUT_PROCESSES={workers} (the setting "
-                    "is not in this build): its rows are skipped, nchan's are run"
+                    f"# this build has no FANOUT_PROCESSES (vski-fanout runs one process): the "
+                    f"{workers}-process rows are skipped, nchan's {workers}-worker rows are run"
                 )
                 servers = ["nchan"]
             runs = repeat_over(peers, names, servers, a.repeat, log)
             out[str(workers)] = runs
             print()
-            where = f"core {a.server_cpu}" if workers == 1 else f"cores {a.server_cpu}"
+            where = f"core {a.server_cpu}" if workers == 1 else f"cores {a.server_cpu},{a.load_cpu}"
             print(f"## {workers} worker(s) / process(es), servers on {where}, load on core "
                   f"{a.load_cpu}, medians of {a.repeat}")  # fmt: skip
             print()
