@@ -74,7 +74,9 @@ class NchanPoster(fb.Poster):
 
 
 # the columns of a delivery case in the peer tables (fanout_bench's names)
-ROW_KEYS = ("case", "clients", "offered", "posted_rate", "events_s", "p50", "p99", "max", "loss")
+ROW_KEYS = (
+    "case", "clients", "offered", "posted_rate", "events_s", "p50", "p99", "max", "loss", "cpu",
+)  # fmt: skip
 
 
 def summary(r: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +126,7 @@ class Peers:
             if not client.ready.wait(120):
                 raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
             time.sleep(0.5)
-            cpu0 = fb.tree_cpu_seconds(nchan.pid)
+            cpu0, t0 = fb.tree_cpu_seconds(nchan.pid), time.monotonic()
             poster = NchanPoster(
                 nchan.port, "", case.colls, case.rate, case.seconds, a.poster_threads,
                 record_bytes=case.record_bytes,
@@ -132,6 +134,7 @@ class Peers:
             poster.run()
             client.settle(poster.ok * case.clients // case.colls)
             cpu_s = fb.tree_cpu_seconds(nchan.pid) - cpu0
+            window = (client.last_change if client.events else time.monotonic()) - t0
             rss, _ = fb.tree_rss_mb(nchan.pid)
             res = client.finish()
             expected = sum(ok * s for ok, s in zip(poster.ok_per_coll, client.subs, strict=True))
@@ -147,6 +150,7 @@ class Peers:
             posted_rate=poster.ok / max(poster.elapsed, 1e-9),
             events_s=res["events"] / max(res["span_s"], 1e-9),
             loss=expected - res["events"],
+            cpu=100 * cpu_s / max(window, 1e-9),
             cpu_us_delivery=1e6 * cpu_s / max(res["events"], 1),
             rss=rss,
         )
@@ -173,7 +177,7 @@ class Peers:
             "loss": sum(s["loss"] for s in steps),
             "steps": [
                 f"{s['offered']:g}/s: p99 {s['p99']:.0f} ms, posted {s['posted_rate']:.0f}/s, "
-                f"loss {s['loss']}{'' if s['held'] else ' (fails)'}"
+                f"server CPU {s['cpu']:.0f} %, loss {s['loss']}{'' if s['held'] else ' (fails)'}"
                 for s in steps
             ],
         }
