@@ -89,8 +89,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
 class Peers:
     """The vski tiers (fanout_bench's Stack) and the way to run each case on either server."""
 
-    def __init__(self, args: argparse.Namespace, stack: fb.Stack, client_bin: Path) -> None:
-        self.args, self.stack, self.client_bin = args, stack, client_bin
+    def __init__(self, stack: fb.Stack, client_bin: Path) -> None:
+        self.stack, self.client_bin = stack, client_bin
         self.workers = 1
         self.seq = 0
 
@@ -359,7 +359,7 @@ def main() -> None:
     stack = fb.Stack(a)
     client_bin = fb.build_client(stack.tmp)
     with fb.running(stack):
-        peers = Peers(a, stack, client_bin)
+        peers = Peers(stack, client_bin)
         for workers in (int(w) for w in a.workers.split(",")):
             peers.workers = workers
             servers = list(SERVERS)
