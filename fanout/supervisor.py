@@ -14,7 +14,8 @@ The supervisor:
   and SIGKILLs any child still there after that time and a short grace;
 - forwards SIGHUP (policy reload) to every child;
 - owns ``PROMETHEUS_MULTIPROC_DIR`` (a temporary folder where the children write the samples
-  that ``/metrics`` sums), marks each dead child in it, and removes it at exit.
+  that ``/metrics`` sums), marks each dead child in it, and removes it at exit; the folder of a
+  supervisor that was SIGKILLed is removed by the next supervisor that starts on the host.
 
 No child outlives the supervisor, even a SIGKILLed one: each child asks the kernel for SIGTERM
 when its parent dies and watches a lifeline pipe whose write end only the supervisor holds
@@ -43,6 +44,7 @@ log = get_logger("fanout.supervisor")
 EXIT_CONFIG = 2  # a child that exits with this found bad configuration: restarting cannot help
 RESTART_BASE_SECONDS = 0.1  # first wait before a crashed child is started again
 KILL_GRACE_SECONDS = 0.5  # after FANOUT_DRAIN_SECONDS, a child still running is SIGKILLed
+METRICS_DIR_PREFIX = "vski-fanout-metrics-"  # then the supervisor's pid and a random part
 
 
 class RestartPlan:
@@ -73,6 +75,29 @@ class Child:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_metrics_dirs(parent: str) -> list[str]:
+    """Remove the metrics folders of supervisors that are gone (a SIGKILL leaves one behind)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            pid_text = name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
+            if name.startswith(METRICS_DIR_PREFIX) and pid_text.isdigit():
+                if not _alive(int(pid_text)):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                    removed.append(name)
+    return removed
 
 
 def child_command(index: int, supervisor_pid: int, lifeline_fd: int) -> list[str]:
@@ -113,7 +138,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        self.metrics_dir = tempfile.mkdtemp(prefix="vski-fanout-metrics-")
+        remove_stale_metrics_dirs(tempfile.gettempdir())
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         log.info(
             "supervisor_starting",
             processes=self.count,
