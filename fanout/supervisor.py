@@ -93,10 +93,10 @@ def remove_stale_metrics_dirs(parent: str) -> list[str]:
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
             pid_text = name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
-            if name.startswith(METRICS_DIR_PREFIX) and pid_text.isdigit():
-                if not _alive(int(pid_text)):
-                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-                    removed.append(name)
+            stale = pid_text.isdigit() and not _alive(int(pid_text))
+            if name.startswith(METRICS_DIR_PREFIX) and stale:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                removed.append(name)
     return removed
 
 
