@@ -257,3 +257,22 @@ async def test_sighup_reloads_the_policy_in_every_child(
         assert node.alive()
     finally:
         node.stop()
+
+
+def test_the_dev_stack_runs_each_node_as_its_processes() -> None:
+    from tests.support.dev_stack import DevStack
+
+    args = ["--quiet", "--fanout-nodes", "1", "--no-console", "--fanout-processes", "2"]
+    s = DevStack(args=args).start()
+    pids = s.info()["pids"]
+    try:
+        kids = children(pids["fanout-1"])
+        assert len(kids) == 2
+        # the stack is up when one child answers /ready; both are soon counted in /metrics
+        node = Proc("fanout", [], {}, s.fanout_port)
+        assert wait_until(lambda: metric(node, "vski_fanout_max_connections") == 40_000, 10)
+        rc = s.stop(signal.SIGTERM)
+        assert not any(alive(p) for p in kids)
+    finally:
+        s.cleanup(pids)
+    assert rc == 0
