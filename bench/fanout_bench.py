@@ -135,6 +135,27 @@ def pinned(cpu: str | None, args: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *args] if cpu and shutil.which("taskset") else args
 
 
+def redis_counters(url: str | None) -> dict[str, int]:
+    """Connections and cumulative work of a standalone Redis (what N processes cost it):
+    ``CLIENT LIST`` entries, commands processed, bytes written to clients."""
+    if not url:
+        return {}
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        stats = client.info("stats")
+        conns = len(client.client_list()) - 1  # not this connection
+        client.close()
+    except (redis.RedisError, OSError):
+        return {}
+    return {
+        "conns": conns,
+        "commands": int(stats["total_commands_processed"]),
+        "out_bytes": int(stats["total_net_output_bytes"]),
+    }
+
+
 def metrics_text(port: int) -> str:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -520,6 +541,7 @@ def run_node_case(
         if not client.ready.wait(120):
             raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
         time.sleep(0.5)
+        redis0 = redis_counters(None if stack.cluster else stack.redis_url)
         cpu0, t0 = tree_cpu_seconds(node.pid), time.monotonic()
         poster = Poster(
             stack.ingest_port,
@@ -541,6 +563,7 @@ def run_node_case(
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
         cpu1 = tree_cpu_seconds(node.pid)
+        redis1 = redis_counters(None if stack.cluster else stack.redis_url)
         rss, hwm = tree_rss_mb(node.pid)
         lag50, lag99 = read_lag_ms(port)
         res = client.finish()
@@ -572,6 +595,12 @@ def run_node_case(
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
         "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
         "cpu_us_delivery": 1e6 * (cpu1 - cpu0) / max(res["events"], 1),
+        # standalone Redis only: its connections (all tiers) and its work per webhook
+        "redis_conns": redis1.get("conns", 0),
+        "redis_cmds_webhook": (redis1.get("commands", 0) - redis0.get("commands", 0))
+        / max(poster.ok, 1),
+        "redis_out_webhook": (redis1.get("out_bytes", 0) - redis0.get("out_bytes", 0))
+        / max(poster.ok, 1),
         "rss": rss,
         "hwm": hwm,
         "closed": res["closed"],
@@ -731,6 +760,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def redis_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | Redis connections (all tiers) | Redis commands per webhook | "
+        "Redis bytes sent per webhook |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if "redis_conns" in r:
+            lines.append(
+                f"| {r['case']} | {r['redis_conns']:.0f} | {r['redis_cmds_webhook']:.1f} | "
+                f"{r['redis_out_webhook']:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def process_ratios(rows: list[dict[str, Any]]) -> list[str]:
     """Each case's N-process row against its 1-process row of the same run (medians)."""
     by = {r["case"]: r for r in rows}
@@ -856,6 +900,10 @@ def main() -> None:
     print()
     print(table(rows))
     by = {r["case"]: r for r in rows}
+    if len(counts) > 1 and not stack.cluster:
+        print()
+        print(redis_table(rows))
+        print()
     for line in process_ratios(rows):
         print(line)
     if "sat1" in by and "bare" in by:
