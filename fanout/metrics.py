@@ -120,6 +120,11 @@ READY = Gauge(
 DRAINING = Gauge(
     "vski_fanout_draining", "1 from SIGTERM until the node exits", multiprocess_mode="livemax"
 )
+RESIDENT_MEMORY = Gauge(
+    "vski_fanout_resident_memory_bytes",
+    "Resident memory of the node (with processes: of its children, summed), at each heartbeat",
+    multiprocess_mode="livesum",  # process_resident_memory_bytes cannot be summed over children
+)
 MAX_CONNECTIONS = Gauge(
     "vski_fanout_max_connections",
     "FANOUT_MAX_CONNECTIONS: connections this node accepts (with processes: per child, summed)",

@@ -107,6 +107,9 @@ class NodeRegistry:
         metrics.DRAINING.set(1 if draining else 0)
         members = sample_total(metrics.GROUP_MEMBERS.collect(), "vski_fanout_group_members")
         plain = sample_total(metrics.SUBSCRIPTIONS.collect(), "vski_fanout_subscriptions")
+        rss = rss_bytes()
+        if rss is not None:
+            metrics.RESIDENT_MEMORY.set(rss)
         return {
             "role": "fanout",
             "address": self.settings.bind,
@@ -117,7 +120,7 @@ class NodeRegistry:
             "events_per_s": round(self._events.update(sent, now), 2),
             "read_lag_ms": lag.mean_ms,
             "read_lag_p99_ms": lag.p99_ms,
-            "rss_bytes": rss_bytes(),
+            "rss_bytes": rss,
             "draining": draining,
             "ready": ready,
             "ready_detail": "draining" if draining else detail,

@@ -276,3 +276,42 @@ def test_the_dev_stack_runs_each_node_as_its_processes() -> None:
     finally:
         s.cleanup(pids)
     assert rc == 0
+
+
+async def test_every_fanout_metric_the_dashboard_and_alerts_query_is_served_by_the_children(
+    node: Proc, redis_srv: RedisServer, prefix: str
+) -> None:
+    from tests.e2e.test_monitoring import (
+        METRIC,
+        _family,
+        alert_queries,
+        dashboard_queries,
+        exported,
+        traffic,
+    )
+
+    ingest = ingest_proc(redis_srv, REDIS_KEY_PREFIX=prefix).start()
+    try:
+        await traffic(ingest, node)
+        # a labelled family shows once some child counted one: a close by the server (a flood)
+        async with sockets(node, 1) as (flooder,):
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(400):
+                    await flooder.send('{"type": "SUBSCRIBE", "collection": "flood"}')
+                await asyncio.wait_for(flooder.recv(), 10)
+                while True:
+                    await asyncio.wait_for(flooder.recv(), 10)
+            assert flooder.close_code == 1008
+        await asyncio.sleep(3 * HEARTBEAT)  # every child's heartbeat has set its gauges
+        have = exported(node.url)
+    finally:
+        ingest.stop()
+    wanted = {
+        name
+        for q in alert_queries() + dashboard_queries()
+        for name in METRIC.findall(q)
+        if name.startswith("vski_fanout_")
+    }
+    assert "vski_fanout_resident_memory_bytes" in wanted
+    assert sorted(n for n in wanted if n not in have and _family(n) not in have) == []
+    assert 0 < metric(node, "vski_fanout_resident_memory_bytes") < 2**31
