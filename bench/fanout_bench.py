@@ -321,6 +321,14 @@ class Stack:
             "ingest.log",
         )
         wait_port(self.ingest_port)
+        self.ingest = self.procs[-1]
+
+    def backing_cpu_seconds(self) -> float:
+        """CPU of Redis and ingest (its master and workers): they share the load core."""
+        total = tree_cpu_seconds(self.ingest.pid)
+        if self.redis is not None and self.redis.proc is not None:
+            total += tree_cpu_seconds(self.redis.proc.pid)
+        return total
 
     def fanout(
         self, extra: dict[str, str], processes: int = 1
@@ -543,6 +551,7 @@ def run_node_case(
         time.sleep(0.5)
         redis0 = redis_counters(None if stack.cluster else stack.redis_url)
         cpu0, t0 = tree_cpu_seconds(node.pid), time.monotonic()
+        load0, back0 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
         poster = Poster(
             stack.ingest_port,
             db,
@@ -563,6 +572,7 @@ def run_node_case(
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
         cpu1 = tree_cpu_seconds(node.pid)
+        load1, back1 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
         redis1 = redis_counters(None if stack.cluster else stack.redis_url)
         rss, hwm = tree_rss_mb(node.pid)
         lag50, lag99 = read_lag_ms(port)
@@ -595,6 +605,9 @@ def run_node_case(
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
         "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
         "cpu_us_delivery": 1e6 * (cpu1 - cpu0) / max(res["events"], 1),
+        # what the load side takes of its core(s) over the same window
+        "client_cpu": 100 * (load1 - load0) / max(t1 - t0, 1e-9),
+        "backing_cpu": 100 * (back1 - back0) / max(t1 - t0, 1e-9),
         # standalone Redis only: its connections (all tiers) and its work per webhook
         "redis_conns": redis1.get("conns", 0),
         "redis_cmds_webhook": (redis1.get("commands", 0) - redis0.get("commands", 0))
@@ -762,15 +775,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def redis_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | Redis connections (all tiers) | Redis commands per webhook | "
+        "| case | node CPU% | load client CPU% | Redis + ingest CPU% | "
+        "Redis connections (all tiers) | Redis commands per webhook | "
         "Redis bytes sent per webhook |",
-        "| --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "redis_conns" in r:
             lines.append(
-                f"| {r['case']} | {r['redis_conns']:.0f} | {r['redis_cmds_webhook']:.1f} | "
-                f"{r['redis_out_webhook']:,.0f} |"
+                f"| {r['case']} | {r['cpu']:.0f} | {r['client_cpu']:.0f} | "
+                f"{r['backing_cpu']:.0f} | {r['redis_conns']:.0f} | "
+                f"{r['redis_cmds_webhook']:.1f} | {r['redis_out_webhook']:,.0f} |"
             )
     return "\n".join(lines)
 
@@ -906,6 +921,11 @@ def main() -> None:
         print()
     for line in process_ratios(rows):
         print(line)
+    if len(counts) > 1 and len(runs) > 1:
+        print("the same ratios in each run:")
+        for k, run in enumerate(runs, 1):
+            for line in process_ratios(run):
+                print(f"  run {k}: {line}")
     if "sat1" in by and "bare" in by:
         ratio = by["sat1"]["events_s"] / max(by["bare"]["events_s"], 1)
         print(
