@@ -10,18 +10,9 @@ would be wrong; ``live``: a dead child's value is dropped when the supervisor re
 
 from __future__ import annotations
 
-import os
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from common.metrics_text import render as render  # summed over the children: see above
 
 CONNECTIONS = Gauge(
     "vski_fanout_connections", "Open client WebSocket connections", multiprocess_mode="livesum"
@@ -130,13 +121,3 @@ MAX_CONNECTIONS = Gauge(
     "FANOUT_MAX_CONNECTIONS: connections this node accepts (with processes: per child, summed)",
     multiprocess_mode="livesum",
 )
-
-
-def render() -> tuple[bytes, str]:
-    """The metrics text: summed over every child under the supervisor, else this process."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and os.path.isdir(path):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
