@@ -331,11 +331,12 @@ class Stack:
         return total
 
     def fanout(
-        self, extra: dict[str, str], processes: int = 1
+        self, extra: dict[str, str], processes: int = 1, pin: bool = False
     ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         env = self.env(FANOUT_BIND=f"127.0.0.1:{port}", FANOUT_PING_INTERVAL="30", **extra)
         env["FANOUT_PROCESSES"] = str(processes)
+        env["FANOUT_PIN_CHILDREN"] = "true" if pin else "false"
         a = self.args
         cpus = a.server_cpu if processes == 1 else f"{a.server_cpu},{a.load_cpu}"
         proc = self.spawn(pinned(cpus, [str(BIN / "vski-fanout")]), env, "fanout.log")
@@ -525,14 +526,23 @@ def build_client(out_dir: Path) -> Path:
     return binary
 
 
+def case_label(name: str, processes: int, pin: bool) -> str:
+    """``aim``, ``aim@2p``, ``aim@2p-pin``: the row of a case at a process count."""
+    if processes == 1:
+        return name
+    return f"{name}@{processes}p" + ("-pin" if pin else "")
+
+
 def run_node_case(
-    stack: Stack, client_bin: Path, case: Case, seq: int, processes: int = 1
+    stack: Stack, client_bin: Path, case: Case, seq: int, processes: str = "1"
 ) -> dict[str, Any]:
+    """``processes``: a FANOUT_PROCESSES count, with ``pin`` after it for FANOUT_PIN_CHILDREN."""
     a = stack.args
     env = dict(case.env)
     if case.policy:
         env["REALTIME_POLICY"] = str(policy_file(stack.tmp, case.policy))
-    node, port = stack.fanout(env, processes)
+    count, pin = int(processes.removesuffix("pin")), processes.endswith("pin")
+    node, port = stack.fanout(env, count, pin)
     db = f"bench{int(time.time())}x{seq}"
     client: LoadClient | None = None
     per_user = case.users > 0
@@ -586,8 +596,8 @@ def run_node_case(
         stack.stop_proc(node)
     span = max(res["span_s"], 1e-9)
     return {
-        "case": case.name if processes == 1 else f"{case.name}@{processes}p",
-        "processes": processes,
+        "case": case_label(case.name, count, pin),
+        "processes": count,
         "clients": res["subscribed"],
         "colls": case.colls,
         "offered": case.rate,
@@ -799,8 +809,9 @@ def process_ratios(rows: list[dict[str, Any]]) -> list[str]:
         base = by.get(base_name)
         if not n or base is None or base_name.startswith("bare"):
             continue
+        label = n.replace("p", " processes", 1).replace("-pin", ", pinned")
         out.append(
-            f"{base_name}: {n[:-1]} processes / 1: delivered events/s "
+            f"{base_name}: {label} / 1: delivered events/s "
             f"{r['events_s'] / max(base['events_s'], 1e-9):.2f}x, "
             f"p99 {r['p99'] / max(base['p99'], 1e-9):.2f}x, "
             f"node µs/delivery {r['cpu_us_delivery'] / max(base['cpu_us_delivery'], 1e-9):.2f}x, "
@@ -853,7 +864,8 @@ def main() -> None:
     p.add_argument(
         "--processes",
         default="1",
-        help="FANOUT_PROCESSES values, e.g. 1,2: every case runs once per value (rows <case>@Np)",
+        help="FANOUT_PROCESSES values, e.g. 1,2: every case runs once per value (rows <case>@Np); "
+        "2pin: 2 with FANOUT_PIN_CHILDREN=true (rows <case>@2p-pin)",
     )
     p.add_argument("--ingest-workers", type=int, default=2)
     p.add_argument("--poster-threads", type=int, default=4)
@@ -869,7 +881,7 @@ def main() -> None:
     global NICE
     NICE = a.nice if a.nice >= 0 or os.geteuid() == 0 else 0
     names = [n.strip() for n in a.cases.split(",") if n.strip()]
-    counts = [int(n) for n in a.processes.split(",") if n.strip()]
+    counts = [n.strip() for n in a.processes.split(",") if n.strip()]
     for n in names:
         if n not in CASES and n != "replay":
             p.error(f"unknown case {n!r}: choose from {', '.join(CASES)}")
@@ -898,12 +910,14 @@ def main() -> None:
                         case.policy,
                         case.users,
                     )
-                for n in [1] if name.startswith("bare") else counts:
+                for n in ["1"] if name.startswith("bare") else counts:
                     try:
                         row = (
                             run_bare(stack, client_bin, case)
                             if name.startswith("bare")
-                            else run_node_case(stack, client_bin, case, rep * 100 + k * 10 + n, n)
+                            else run_node_case(
+                                stack, client_bin, case, rep * 100 + k * 10 + len(rows), n
+                            )
                         )
                     except Exception as exc:  # one broken case must not lose the others
                         print(f"# run {rep + 1} {name} x{n} FAILED: {exc!r}", flush=True)

@@ -44,6 +44,7 @@ class FanoutSettings:
     processes: int = 1  # FANOUT_PROCESSES: full nodes sharing FANOUT_BIND (docs/processes.md)
     restart_max_seconds: float = 5.0  # longest wait before a crashed child is started again
     restart_reset_seconds: float = 30.0  # a child that lived this long restarts at once
+    pin_children: bool = False  # child i runs only on usable core i (mod the count)
 
     @property
     def host(self) -> str:
@@ -101,6 +102,7 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         processes=parse_processes(e.str("FANOUT_PROCESSES", "1")),
         restart_max_seconds=e.float("FANOUT_RESTART_MAX_SECONDS", 5.0, minimum=0.1),
         restart_reset_seconds=e.float("FANOUT_RESTART_RESET_SECONDS", 30.0, minimum=0.1),
+        pin_children=e.bool("FANOUT_PIN_CHILDREN", False),
     )
 
 

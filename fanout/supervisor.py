@@ -204,10 +204,24 @@ class Supervisor:
             os.close(read_end)
         child = Child(index, proc, write_end, time.monotonic())
         self.children[index] = child
-        log.info("child_started", child=index, pid=proc.pid)
+        cpu = self._pin(proc.pid, index) if self.settings.pin_children else None
+        log.info("child_started", child=index, pid=proc.pid, cpu=cpu)
         if self._stopping:  # a shutdown began while this child was being started
             self._signal(child, signal.SIGTERM)
         return child
+
+    @staticmethod
+    def _pin(pid: int, index: int) -> int | None:
+        """FANOUT_PIN_CHILDREN: child ``index`` runs on the index-th usable core only (set at
+        once, before the child has started its loop and threads)."""
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = cpus[index % len(cpus)]
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except OSError as exc:
+            log.warning("child_pin_failed", child=index, cpu=cpu, error=str(exc))
+            return None
+        return cpu
 
     def _reap(self, child: Child) -> None:
         from prometheus_client import multiprocess

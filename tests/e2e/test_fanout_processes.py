@@ -315,3 +315,19 @@ async def test_every_fanout_metric_the_dashboard_and_alerts_query_is_served_by_t
     assert "vski_fanout_resident_memory_bytes" in wanted
     assert sorted(n for n in wanted if n not in have and _family(n) not in have) == []
     assert 0 < metric(node, "vski_fanout_resident_memory_bytes") < 2**31
+
+
+def test_pinned_children_each_run_on_one_core_of_their_own(
+    redis_srv: RedisServer, prefix: str
+) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    node = fanout_proc(redis_srv, **node_env(prefix, FANOUT_PIN_CHILDREN="true")).start()
+    try:
+        assert wait_until(lambda: len(children(node.proc.pid)) == 2, 10)  # type: ignore[union-attr]
+        pinned = sorted(
+            tuple(os.sched_getaffinity(pid))
+            for pid in children(node.proc.pid)  # type: ignore[union-attr]
+        )
+        assert pinned == sorted((cores[i % len(cores)],) for i in range(2))
+    finally:
+        node.stop()
