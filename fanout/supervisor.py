@@ -136,7 +136,7 @@ class Supervisor:
         """Start the children, keep them running until SIGTERM/SIGINT, then drain them all."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         remove_stale_metrics_dirs(tempfile.gettempdir())
         self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
@@ -158,6 +158,11 @@ class Supervisor:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.exit_code
 
+    def stop(self) -> None:
+        """Begin the shutdown: no child is restarted from now on."""
+        self._stopping = True
+        self._stop.set()
+
     async def _keep(self, index: int) -> None:
         """One child slot: start it, wait for its exit, start it again after the plan's wait."""
         plan = RestartPlan(self.settings.restart_max_seconds, self.settings.restart_reset_seconds)
@@ -171,7 +176,7 @@ class Supervisor:
             if code == EXIT_CONFIG:
                 log.error("child_config_error", child=index, pid=child.pid, code=code)
                 self.exit_code = EXIT_CONFIG
-                self._stop.set()
+                self.stop()
                 return
             delay = plan.after_exit(lived)
             self.restarts += 1
@@ -234,7 +239,6 @@ class Supervisor:
         multiprocess.mark_process_dead(child.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     async def _shutdown(self, keepers: list[asyncio.Task[None]]) -> None:
-        self._stopping = True
         drain = self.settings.drain_seconds
         log.info("supervisor_draining", children=len(self.children), drain_s=drain)
         self._forward(signal.SIGTERM)
