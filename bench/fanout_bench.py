@@ -21,6 +21,13 @@ Method
   ratio is the node's efficiency. With batching (the default) the node delivers more events/s.
 
 Against a Redis Cluster: ``--redis-cluster redis://127.0.0.1:7000`` (no redis-server started).
+
+Processes: ``--processes 1,2`` runs every case once per count (``FANOUT_PROCESSES``); rows of
+N > 1 are named ``<case>@<N>p``. A node of N > 1 processes is pinned to ``--server-cpu`` and
+``--load-cpu`` together (``taskset -c 0,1`` by default: on a 2-core machine the load client,
+Redis and ingest then share the second core with a child); its CPU is the sum over the
+supervisor and its children, and the load client connects only once every child listens (the
+summed ``vski_fanout_max_connections`` says so), so ``SO_REUSEPORT`` spreads all clients.
 """
 
 from __future__ import annotations
@@ -129,15 +136,51 @@ def pinned(cpu: str | None, args: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *args] if cpu and shutil.which("taskset") else args
 
 
-def read_lag_ms(port: int) -> tuple[float, float]:
-    """p50/p99 of the node's Redis-append -> node-read lag (upper bucket bounds, ms)."""
+def redis_counters(url: str | None) -> dict[str, int]:
+    """Connections and cumulative work of a standalone Redis (what N processes cost it):
+    ``CLIENT LIST`` entries, commands processed, bytes written to clients."""
+    if not url:
+        return {}
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        stats = client.info("stats")
+        conns = len(client.client_list()) - 1  # not this connection
+        client.close()
+    except (redis.RedisError, OSError):
+        return {}
+    return {
+        "conns": conns,
+        "commands": int(stats["total_commands_processed"]),
+        "out_bytes": int(stats["total_net_output_bytes"]),
+    }
+
+
+def metrics_text(port: int) -> str:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()
+        return text
     except (OSError, http.client.HTTPException):
-        return 0.0, 0.0
+        return ""
+
+
+def wait_children(port: int, processes: int, max_connections: int, timeout: float = 30) -> None:
+    """Until every child listens: each adds its FANOUT_MAX_CONNECTIONS to the summed gauge."""
+    want = f"vski_fanout_max_connections {float(processes * max_connections)}"
+    deadline = time.monotonic() + timeout
+    while want not in metrics_text(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all {processes} fanout processes listen on {port}")
+        time.sleep(0.1)
+
+
+def read_lag_ms(port: int) -> tuple[float, float]:
+    """p50/p99 of the node's Redis-append -> node-read lag (upper bucket bounds, ms)."""
+    text = metrics_text(port)
     buckets = []
     for line in text.splitlines():
         if line.startswith("vski_fanout_read_lag_seconds_bucket"):
@@ -279,13 +322,28 @@ class Stack:
             "ingest.log",
         )
         wait_port(self.ingest_port)
+        self.ingest = self.procs[-1]
 
-    def fanout(self, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    def backing_cpu_seconds(self) -> float:
+        """CPU of Redis and ingest (its master and workers): they share the load core."""
+        total = tree_cpu_seconds(self.ingest.pid)
+        if self.redis is not None and self.redis.proc is not None:
+            total += tree_cpu_seconds(self.redis.proc.pid)
+        return total
+
+    def fanout(
+        self, extra: dict[str, str], processes: int = 1, pin: bool = False
+    ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         env = self.env(FANOUT_BIND=f"127.0.0.1:{port}", FANOUT_PING_INTERVAL="30", **extra)
-        cmd = pinned(self.args.server_cpu, [str(BIN / "vski-fanout")])
-        proc = self.spawn(cmd, env, "fanout.log")
+        env["FANOUT_PROCESSES"] = str(processes)
+        env["FANOUT_PIN_CHILDREN"] = "true" if pin else "false"
+        a = self.args
+        cpus = a.server_cpu if processes == 1 else f"{a.server_cpu},{a.load_cpu}"
+        proc = self.spawn(pinned(cpus, [str(BIN / "vski-fanout")]), env, "fanout.log")
         wait_port(port)
+        if processes > 1:
+            wait_children(port, processes, int(env.get("FANOUT_MAX_CONNECTIONS", "20000")))
         return proc, port
 
     def stop_proc(self, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -481,12 +539,23 @@ def build_client(out_dir: Path) -> Path:
     return binary
 
 
-def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[str, Any]:
+def case_label(name: str, processes: int, pin: bool) -> str:
+    """``aim``, ``aim@2p``, ``aim@2p-pin``: the row of a case at a process count."""
+    if processes == 1:
+        return name
+    return f"{name}@{processes}p" + ("-pin" if pin else "")
+
+
+def run_node_case(
+    stack: Stack, client_bin: Path, case: Case, seq: int, processes: str = "1"
+) -> dict[str, Any]:
+    """``processes``: a FANOUT_PROCESSES count, with ``pin`` after it for FANOUT_PIN_CHILDREN."""
     a = stack.args
     env = dict(case.env)
     if case.policy:
         env["REALTIME_POLICY"] = str(policy_file(stack.tmp, case.policy))
-    node, port = stack.fanout(env)
+    count, pin = int(processes.removesuffix("pin")), processes.endswith("pin")
+    node, port = stack.fanout(env, count, pin)
     db = f"bench{int(time.time())}x{seq}"
     client: LoadClient | None = None
     per_user = case.users > 0
@@ -503,7 +572,9 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         if not client.ready.wait(120):
             raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
         time.sleep(0.5)
-        cpu0, t0 = cpu_seconds(node.pid), time.monotonic()
+        redis0 = redis_counters(None if stack.cluster else stack.redis_url)
+        cpu0, t0 = tree_cpu_seconds(node.pid), time.monotonic()
+        load0, back0 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
         poster = Poster(
             stack.ingest_port,
             db,
@@ -524,8 +595,10 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         planned = sum(ok * s for ok, s in zip(poster.ok_per_coll, subs, strict=True))
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
-        cpu1 = cpu_seconds(node.pid)
-        rss, hwm = rss_mb(node.pid)
+        cpu1 = tree_cpu_seconds(node.pid)
+        load1, back1 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
+        redis1 = redis_counters(None if stack.cluster else stack.redis_url)
+        rss, hwm = tree_rss_mb(node.pid)
         lag50, lag99 = read_lag_ms(port)
         res = client.finish()
         # only connections whose SUBSCRIBE succeeded can receive (failures reported apart)
@@ -537,7 +610,8 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         stack.stop_proc(node)
     span = max(res["span_s"], 1e-9)
     return {
-        "case": case.name,
+        "case": case_label(case.name, count, pin),
+        "processes": count,
         "clients": res["subscribed"],
         "colls": case.colls,
         "offered": case.rate,
@@ -554,6 +628,16 @@ def run_node_case(stack: Stack, client_bin: Path, case: Case, seq: int) -> dict[
         "expected": expected,
         "cpu": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-9),
         "cpu_us_webhook": 1e6 * (cpu1 - cpu0) / max(poster.ok, 1),
+        "cpu_us_delivery": 1e6 * (cpu1 - cpu0) / max(res["events"], 1),
+        # what the load side takes of its core(s) over the same window
+        "client_cpu": 100 * (load1 - load0) / max(t1 - t0, 1e-9),
+        "backing_cpu": 100 * (back1 - back0) / max(t1 - t0, 1e-9),
+        # standalone Redis only: its connections (all tiers) and its work per webhook
+        "redis_conns": redis1.get("conns", 0),
+        "redis_cmds_webhook": (redis1.get("commands", 0) - redis0.get("commands", 0))
+        / max(poster.ok, 1),
+        "redis_out_webhook": (redis1.get("out_bytes", 0) - redis0.get("out_bytes", 0))
+        / max(poster.ok, 1),
         "rss": rss,
         "hwm": hwm,
         "closed": res["closed"],
@@ -695,10 +779,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| case | clients | colls | webhooks/s (offered/posted) | delivered events/s | "
         "frames/s | ev/frame | p50 ms | p99 ms | max ms | loss | node CPU% | node µs/webhook | "
-        "RSS MB | "
+        "node µs/delivery | RSS MB | "
         "webhook answer p50 ms | node read lag p50/p99 ms |"
     )
-    lines = [head, "|" + " --- |" * 16]
+    lines = [head, "|" + " --- |" * 17]
     for r in rows:
         bare = r["case"].startswith("bare")
         lat = ("-", "-", "-") if bare else (f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}")
@@ -706,10 +790,48 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['case']} | {r['clients']} | {r['colls']} | {rate} | {r['events_s']:,.0f} | "
             f"{r['frames_s']:,.0f} | {r['ev_per_frame']:.1f} | {lat[0]} | {lat[1]} | {lat[2]} | "
-            f"{r['loss']} | {r['cpu']:.0f} | {r.get('cpu_us_webhook', 0):,.0f} | {r['rss']:.0f} | "
+            f"{r['loss']} | {r['cpu']:.0f} | {r.get('cpu_us_webhook', 0):,.0f} | "
+            f"{r.get('cpu_us_delivery', 0):.2f} | {r['rss']:.0f} | "
             f"{r['ingest_p50']:.1f} | {r['lag50']:g} / {r['lag99']:g} |"
         )
     return "\n".join(lines)
+
+
+def redis_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | node CPU% | load client CPU% | Redis + ingest CPU% | "
+        "Redis connections (all tiers) | Redis commands per webhook | "
+        "Redis bytes sent per webhook |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if "redis_conns" in r:
+            lines.append(
+                f"| {r['case']} | {r['cpu']:.0f} | {r['client_cpu']:.0f} | "
+                f"{r['backing_cpu']:.0f} | {r['redis_conns']:.0f} | "
+                f"{r['redis_cmds_webhook']:.1f} | {r['redis_out_webhook']:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def process_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Each case's N-process row against its 1-process row of the same run (medians)."""
+    by = {r["case"]: r for r in rows}
+    out = []
+    for r in rows:
+        base_name, _, n = r["case"].partition("@")
+        base = by.get(base_name)
+        if not n or base is None or base_name.startswith("bare"):
+            continue
+        label = n.replace("p", " processes", 1).replace("-pin", ", pinned")
+        out.append(
+            f"{base_name}: {label} / 1: delivered events/s "
+            f"{r['events_s'] / max(base['events_s'], 1e-9):.2f}x, "
+            f"p99 {r['p99'] / max(base['p99'], 1e-9):.2f}x, "
+            f"node µs/delivery {r['cpu_us_delivery'] / max(base['cpu_us_delivery'], 1e-9):.2f}x, "
+            f"loss {base['loss']:g} / {r['loss']:g}"
+        )
+    return out
 
 
 def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -722,7 +844,7 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for rows in by_case.values():
         row = dict(rows[0])
         for key, value in rows[0].items():
-            if isinstance(value, int | float) and key not in ("colls", "offered"):
+            if isinstance(value, int | float) and key not in ("colls", "offered", "processes"):
                 row[key] = statistics.median(r[key] for r in rows)
         row["runs"] = len(rows)
         out.append(row)
@@ -753,6 +875,12 @@ def main() -> None:
     p.add_argument("--load-cpu", default="1")
     p.add_argument("--redis-url", default=None, help="use this standalone Redis")
     p.add_argument("--redis-cluster", default=None, help="use this Redis Cluster (a seed node URL)")
+    p.add_argument(
+        "--processes",
+        default="1",
+        help="FANOUT_PROCESSES values, e.g. 1,2: every case runs once per value (rows <case>@Np); "
+        "2pin: 2 with FANOUT_PIN_CHILDREN=true (rows <case>@2p-pin)",
+    )
     p.add_argument("--ingest-workers", type=int, default=2)
     p.add_argument("--poster-threads", type=int, default=4)
     p.add_argument("--json", default=None, help="also write the rows to this file")
@@ -767,6 +895,7 @@ def main() -> None:
     global NICE
     NICE = a.nice if a.nice >= 0 or os.geteuid() == 0 else 0
     names = [n.strip() for n in a.cases.split(",") if n.strip()]
+    counts = [n.strip() for n in a.processes.split(",") if n.strip()]
     for n in names:
         if n not in CASES and n != "replay":
             p.error(f"unknown case {n!r}: choose from {', '.join(CASES)}")
@@ -796,22 +925,36 @@ def main() -> None:
                         case.users,
                         case.record_bytes,
                     )
-                try:
-                    row = (
-                        run_bare(stack, client_bin, case)
-                        if name.startswith("bare")
-                        else run_node_case(stack, client_bin, case, rep * 100 + k)
-                    )
-                except Exception as exc:  # one broken case must not lose the others
-                    print(f"# run {rep + 1} {name} FAILED: {exc!r}", flush=True)
-                    continue
-                rows.append(row)
-                print(f"# run {rep + 1} {name}: {json.dumps(row)}", flush=True)
+                for n in ["1"] if name.startswith("bare") else counts:
+                    try:
+                        row = (
+                            run_bare(stack, client_bin, case)
+                            if name.startswith("bare")
+                            else run_node_case(
+                                stack, client_bin, case, rep * 100 + k * 10 + len(rows), n
+                            )
+                        )
+                    except Exception as exc:  # one broken case must not lose the others
+                        print(f"# run {rep + 1} {name} x{n} FAILED: {exc!r}", flush=True)
+                        continue
+                    rows.append(row)
+                    print(f"# run {rep + 1} {row['case']}: {json.dumps(row)}", flush=True)
             runs.append(rows)
     rows = median_rows(runs)
     print()
     print(table(rows))
     by = {r["case"]: r for r in rows}
+    if len(counts) > 1 and not stack.cluster:
+        print()
+        print(redis_table(rows))
+        print()
+    for line in process_ratios(rows):
+        print(line)
+    if len(counts) > 1 and len(runs) > 1:
+        print("the same ratios in each run:")
+        for k, run in enumerate(runs, 1):
+            for line in process_ratios(run):
+                print(f"  run {k}: {line}")
     if "sat1" in by and "bare" in by:
         ratio = by["sat1"]["events_s"] / max(by["bare"]["events_s"], 1)
         print(

@@ -28,12 +28,14 @@ from typing import Any
 
 import jwt
 
+from common.config import ConfigError
 from common.policy import PolicyError
 from common.policy_source import read_policy
 from devstack import state as st
 from devstack.banner import render
 from devstack.client import listen, post_json, post_webhook, realtime_url, sample_webhook
 from devstack.ports import port_is_free
+from fanout.settings import parse_processes
 
 DEFAULT_INGEST = "http://127.0.0.1:8000"
 DEFAULT_FANOUT = "ws://127.0.0.1:8080"
@@ -55,6 +57,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     if args.fanout_nodes < 1 or args.ingest_workers < 1:
         return _fail("--fanout-nodes and --ingest-workers must be at least 1")
+    try:
+        processes = parse_processes(args.fanout_processes)
+    except ConfigError as exc:
+        return _fail(f"--fanout-processes: {exc}")
     state = st.state_dir(args.state_dir)
     try:
         lock = st.lock_state(state)  # held until this process exits
@@ -91,6 +97,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             ingest_workers=args.ingest_workers,
             fanout_port=args.fanout_port,
             fanout_nodes=args.fanout_nodes,
+            fanout_processes=processes,
             console_port=args.console_port,
             redis_port=args.redis_port,
             redis_url=redis_url,
@@ -373,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ingest-workers", type=int, default=2)
     d.add_argument("--fanout-port", type=int, default=8080, help="first node; next nodes +1")
     d.add_argument("--fanout-nodes", type=int, default=2)
+    d.add_argument(
+        "--fanout-processes",
+        default="1",
+        help="FANOUT_PROCESSES of each node: processes sharing its port, a number or auto",
+    )
     d.add_argument("--console-port", type=int, default=8090)
     d.add_argument(
         "--proxy-port", type=int, default=0, help="the example subscribe proxy (0: any free port)"

@@ -131,6 +131,7 @@ class StackOptions:
     ingest_workers: int = 2
     fanout_port: int = 8080
     fanout_nodes: int = 2
+    fanout_processes: int = 1  # FANOUT_PROCESSES of each node: children sharing its port
     console_port: int = 8090
     redis_port: int = 0  # 0: a free port
     redis_url: str | None = None  # external Redis: no embedded server
@@ -216,7 +217,9 @@ class Stack:
                 Child(
                     f"fanout-{i}",
                     [py, "-m", "fanout"],
-                    self._env(FANOUT_BIND=f"{o.host}:{port}"),
+                    self._env(
+                        FANOUT_BIND=f"{o.host}:{port}", FANOUT_PROCESSES=str(o.fanout_processes)
+                    ),
                     logs / f"fanout-{i}.log",
                     o.echo,
                 ).start()

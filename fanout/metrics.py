@@ -1,15 +1,35 @@
-"""Prometheus metrics of a fanout node (one process: the default registry)."""
+"""Prometheus metrics of a fanout node.
+
+One process (``FANOUT_PROCESSES=1``): the default registry. Under the supervisor
+(``fanout/supervisor.py``) every child writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` and
+:func:`render` sums them, so whichever child answers ``/metrics`` serves the whole service:
+counters and histograms add up (a dead child's counts stay), and each gauge says how children
+combine (``multiprocess_mode``: ``livesum`` for what adds up, ``livemax``/``livemin`` where a sum
+would be wrong; ``live``: a dead child's value is dropped when the supervisor reaps it).
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-CONNECTIONS = Gauge("vski_fanout_connections", "Open client WebSocket connections")
+from common.metrics_text import render as render  # summed over the children: see above
+
+CONNECTIONS = Gauge(
+    "vski_fanout_connections", "Open client WebSocket connections", multiprocess_mode="livesum"
+)
 CONNECTIONS_TOTAL = Counter(
     "vski_fanout_connection_attempts_total", "Connection attempts by outcome", ["outcome"]
 )
-SUBSCRIPTIONS = Gauge("vski_fanout_subscriptions", "Live (connection, collection) subscriptions")
-STREAMS = Gauge("vski_fanout_streams", "Collections this node reads from Redis")
+SUBSCRIPTIONS = Gauge(
+    "vski_fanout_subscriptions",
+    "Live (connection, collection) subscriptions",
+    multiprocess_mode="livesum",
+)
+STREAMS = Gauge(
+    "vski_fanout_streams",
+    "Collections this node reads from Redis (with processes: reads, one per child and collection)",
+    multiprocess_mode="livesum",
+)
 EVENTS_READ = Counter("vski_fanout_events_read_total", "Events read from Redis (live + catch-up)")
 FRAMES_SENT = Counter("vski_fanout_frames_sent_total", "EVENT frames written to clients")
 EVENTS_SENT = Counter("vski_fanout_events_sent_total", "Events written to clients")
@@ -41,8 +61,11 @@ GROUP_PENDING = Gauge(
     "vski_fanout_group_pending",
     "Delivered but unacknowledged events of a consumer group (all nodes), per periodic pass",
     ["database", "collection", "group"],
+    multiprocess_mode="livemax",  # every child measures the same shared number
 )
-GROUP_MEMBERS = Gauge("vski_fanout_group_members", "Consumer group members on this node")
+GROUP_MEMBERS = Gauge(
+    "vski_fanout_group_members", "Consumer group members on this node", multiprocess_mode="livesum"
+)
 GROUP_DELIVERED = Counter(
     "vski_fanout_group_delivered_total", "Events handed to group members for the first time"
 )
@@ -78,12 +101,23 @@ REVOKED_CLOSES = Counter(
 TASKS = Gauge(
     "vski_fanout_asyncio_tasks",
     "asyncio tasks alive in the node (a leak shows as growth after faults heal)",
+    multiprocess_mode="livesum",
 )
 READY = Gauge(
     "vski_fanout_ready",
     "1 while the node is ready (Redis read path alive, not draining), set at each heartbeat",
+    multiprocess_mode="livemin",  # with processes: 1 only while every child is ready
 )
-DRAINING = Gauge("vski_fanout_draining", "1 from SIGTERM until the node exits")
+DRAINING = Gauge(
+    "vski_fanout_draining", "1 from SIGTERM until the node exits", multiprocess_mode="livemax"
+)
+RESIDENT_MEMORY = Gauge(
+    "vski_fanout_resident_memory_bytes",
+    "Resident memory of the node (with processes: of its children, summed), at each heartbeat",
+    multiprocess_mode="livesum",  # process_resident_memory_bytes cannot be summed over children
+)
 MAX_CONNECTIONS = Gauge(
-    "vski_fanout_max_connections", "FANOUT_MAX_CONNECTIONS: connections this node accepts"
+    "vski_fanout_max_connections",
+    "FANOUT_MAX_CONNECTIONS: connections this node accepts (with processes: per child, summed)",
+    multiprocess_mode="livesum",
 )

@@ -5,6 +5,10 @@ as configured, version, start time) and how it is doing (connections, subscripti
 per second, read lag, memory, readiness). The numbers come from the objects and metrics the node
 already keeps, so a heartbeat costs one small script call and nothing on the delivery path.
 
+Under the supervisor (``FANOUT_PROCESSES`` > 1) every child is its own entry: the same
+``address``, an id ending in ``-<child>``, and ``child``/``processes`` fields; a crashed child's
+entry expires like a vanished node's, and its restart joins under a new id.
+
 On SIGTERM ``mark_draining`` writes ``draining: true`` before the drain begins, so an operator
 (and a deploy script polling ``/admin/status``) sees the node leaving; the last act of a clean
 exit removes the node. A node that dies without exiting disappears when its heartbeat expires.
@@ -59,6 +63,8 @@ class NodeRegistry:
         hub: Hub,
         groups: Groups,
         client: Any | None = None,
+        *,
+        child: int | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -68,6 +74,7 @@ class NodeRegistry:
         # the consumer names of this node's group members start with it, so /admin/groups can
         # say which node holds a pending event
         self.node_id = groups.node_id
+        self.child = child  # with FANOUT_PROCESSES > 1: which of the supervisor's children
         self.keys = RegistryKeys(settings.common.redis.key_prefix)
         self._own_client = client is None
         self.client = client if client is not None else async_client(settings.common.redis)
@@ -100,6 +107,9 @@ class NodeRegistry:
         metrics.DRAINING.set(1 if draining else 0)
         members = sample_total(metrics.GROUP_MEMBERS.collect(), "vski_fanout_group_members")
         plain = sample_total(metrics.SUBSCRIPTIONS.collect(), "vski_fanout_subscriptions")
+        rss = rss_bytes()
+        if rss is not None:
+            metrics.RESIDENT_MEMORY.set(rss)
         return {
             "role": "fanout",
             "address": self.settings.bind,
@@ -110,7 +120,7 @@ class NodeRegistry:
             "events_per_s": round(self._events.update(sent, now), 2),
             "read_lag_ms": lag.mean_ms,
             "read_lag_p99_ms": lag.p99_ms,
-            "rss_bytes": rss_bytes(),
+            "rss_bytes": rss,
             "draining": draining,
             "ready": ready,
             "ready_detail": "draining" if draining else detail,
@@ -123,6 +133,8 @@ class NodeRegistry:
             "max_connections": self.settings.max_connections,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
+            "child": self.child,
+            "processes": self.settings.processes,
             "sent_at": round(time.time(), 3),
         }
 

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -116,6 +115,7 @@ class FanoutServer:
             open_timeout=s.open_timeout,
             server_header="vski-fanout",
             backlog=4096,
+            reuse_port=s.processes > 1,  # children of one supervisor share the port
         )
         log.info("listening", bind=s.bind, compression=s.compression or "off")
 
@@ -236,9 +236,9 @@ class FanoutServer:
 
     def _metrics(self) -> Response:
         metrics.TASKS.set(len(asyncio.all_tasks()))  # counted here: this runs on the loop
-        data = generate_latest(REGISTRY)
+        data, content_type = metrics.render()  # every child's sum under the supervisor
         hdrs = Headers()
-        hdrs["Content-Type"] = CONTENT_TYPE_LATEST
+        hdrs["Content-Type"] = content_type
         hdrs["Content-Length"] = str(len(data))
         return Response(200, "OK", hdrs, data)
 

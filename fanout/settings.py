@@ -41,6 +41,10 @@ class FanoutSettings:
     proxy_timeout: float = 1.0  # seconds, REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS / 1000
     proxy_max_inflight: int = 64  # proxy requests in flight per node
     registry: RegistrySettings = field(default_factory=RegistrySettings)  # REGISTRY_*
+    processes: int = 1  # FANOUT_PROCESSES: full nodes sharing FANOUT_BIND (docs/processes.md)
+    restart_max_seconds: float = 5.0  # longest wait before a crashed child is started again
+    restart_reset_seconds: float = 30.0  # a child that lived this long restarts at once
+    pin_children: bool = False  # child i runs only on usable core i (mod the count)
 
     @property
     def host(self) -> str:
@@ -95,7 +99,36 @@ def load_fanout(env: Mapping[str, str] | None = None) -> FanoutSettings:
         proxy_timeout=e.int("REALTIME_SUBSCRIBE_PROXY_TIMEOUT_MS", 1000, minimum=10) / 1000,
         proxy_max_inflight=e.int("FANOUT_PROXY_MAX_INFLIGHT", 64, minimum=1),
         registry=load_registry(env),
+        processes=parse_processes(e.str("FANOUT_PROCESSES", "1")),
+        restart_max_seconds=e.float("FANOUT_RESTART_MAX_SECONDS", 5.0, minimum=0.1),
+        restart_reset_seconds=e.float("FANOUT_RESTART_RESET_SECONDS", 30.0, minimum=0.1),
+        pin_children=e.bool("FANOUT_PIN_CHILDREN", False),
     )
+
+
+MAX_PROCESSES = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset`` or a
+    container's cpuset), not the host's count."""
+    return len(os.sched_getaffinity(0))
+
+
+def parse_processes(raw: str, cores: int | None = None) -> int:
+    """``FANOUT_PROCESSES`` / ``--processes``: a count, or ``auto`` for the usable cores."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return max(1, min(MAX_PROCESSES, usable_cores() if cores is None else cores))
+    try:
+        count = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"FANOUT_PROCESSES={raw!r} must be a whole number or auto (the usable cores)"
+        ) from None
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ConfigError(f"FANOUT_PROCESSES={count} must be between 1 and {MAX_PROCESSES}")
+    return count
 
 
 def _proxy_url(e: Env) -> str | None:

@@ -7,19 +7,12 @@ counters add up across workers whichever worker answers the scrape.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import Counter, Gauge, Histogram
+
+from common.metrics_text import render as render  # summed over all workers under gunicorn
 
 WEBHOOKS = Counter(
     "vski_ingest_webhooks_total",
@@ -55,14 +48,3 @@ DUPLICATE = WEBHOOKS.labels("duplicate")
 def outcome(code: str) -> Any:
     """The counter child of one error code (codes are a small fixed set)."""
     return WEBHOOKS.labels(code)
-
-
-def render() -> tuple[bytes, str]:
-    """The metrics text: summed over all workers when running under gunicorn."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -103,6 +103,11 @@ def test_tiers_get_what_they_require() -> None:
     assert "INGEST_WORKERS" in service_env(load("compose.yaml")["services"]["ingest"])
 
 
+def test_fanout_uses_every_core_of_its_container() -> None:
+    for services in (load("compose.yaml")["services"], merged()["services"]):
+        assert service_env(services["fanout"])["FANOUT_PROCESSES"] == "${FANOUT_PROCESSES:-auto}"
+
+
 def _port(bind: str) -> int:
     return int(bind.rsplit(":", 1)[1])
 
