@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import http
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -31,7 +32,7 @@ from common.policy_source import policy_label
 from fanout import metrics
 from fanout.access import identities
 from fanout.hub import Hub
-from fanout.keepalive import DeadPeerConnection
+from fanout.keepalive import KeepaliveSweep, PongClock
 from fanout.revocations import Revocations
 from fanout.session import Session
 from fanout.settings import FanoutSettings
@@ -53,11 +54,26 @@ class Admission:
     jti: str | None
 
 
-class NodeConnection(DeadPeerConnection):
-    """A ServerConnection that carries its admission from the HTTP check to the handler (and
-    frees a peer that stopped answering pings quickly: ``fanout/keepalive.py``)."""
+class NodeConnection(PongClock):
+    """A ServerConnection that carries its admission from the HTTP check to the handler (its
+    pings come from the node's one sweep: ``fanout/keepalive.py``)."""
 
     admission: Admission | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # websockets keeps one deque of drain waiters per connection (~0.7 KB empty); the
+        # node's sends wait on at most one at a time, and a list has the same operations
+        self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
+
+    def shed_handshake(self) -> None:
+        """Drop the handshake's request and response (their headers are ~3 KB a connection);
+        the request is replaced, not cleared: websockets treats None as "not received yet"."""
+        self.request = _HANDSHAKE_DONE
+        self.response = None
+
+
+_HANDSHAKE_DONE = Request("/", Headers())
 
 
 def _response(status: int, data: bytes, **headers: str) -> Response:
@@ -95,12 +111,12 @@ class FanoutServer:
         self.revocations: Revocations | None = None
         self.draining = False
         self._server: Server | None = None
+        self._keepalive: KeepaliveSweep | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         s = self.settings
-        NodeConnection.dead_peer_close = s.slow_close_seconds
         self._server = await serve(
             self._handler,
             s.host,
@@ -110,14 +126,21 @@ class FanoutServer:
             compression=s.compression,
             max_size=s.max_frame_bytes,
             max_queue=16,
-            ping_interval=s.ping_interval,
-            ping_timeout=s.ping_timeout,
+            ping_interval=None,  # one sweep for the node instead of a task per connection
             close_timeout=min(5.0, s.drain_seconds / 2),
             open_timeout=s.open_timeout,
             server_header="vski-fanout",
             backlog=4096,
         )
+        if s.ping_interval is not None:
+            self._keepalive = KeepaliveSweep(
+                self._open_connections, s.ping_interval, s.ping_timeout, s.slow_close_seconds
+            )
+            self._keepalive.start()
         log.info("listening", bind=s.bind, compression=s.compression or "off")
+
+    def _open_connections(self) -> list[NodeConnection]:
+        return [s.conn for s in self.sessions if isinstance(s.conn, NodeConnection)]
 
     @property
     def port(self) -> int:
@@ -130,6 +153,8 @@ class FanoutServer:
             return
         timeout = self.settings.drain_seconds if timeout is None else timeout
         self.draining = True
+        if self._keepalive is not None:
+            self._keepalive.stop()
         count = len(self.sessions)
         log.info("draining", connections=count, timeout_s=timeout)
         for session in self.sessions:
@@ -260,6 +285,9 @@ class FanoutServer:
         if admission is None:  # cannot happen: process_request admits every upgrade
             await conn.close(CloseCode.INTERNAL_ERROR, "not admitted")
             return
+        assert isinstance(conn, NodeConnection)
+        conn.admission = None
+        conn.shed_handshake()
         session = Session(
             conn,
             admission.db,
