@@ -66,14 +66,34 @@ class NodeConnection(PongClock):
         # node's sends wait on at most one at a time, and a list has the same operations
         self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # the same for the assembler's frame queue (it holds a frame or two at a time)
+        self.recv_messages.frames.queue = cast("deque[Any]", _SmallQueue())
+
     def shed_handshake(self) -> None:
-        """Drop the handshake's request and response (their headers are ~3 KB a connection);
-        the request is replaced, not cleared: websockets treats None as "not received yet"."""
-        self.request = _HANDSHAKE_DONE
+        """Drop the handshake's headers (~3 KB a connection). The request object itself lives
+        on in websockets' parser, so its headers are emptied rather than the object dropped."""
+        if self.request is not None:
+            self.request.headers = _NO_HEADERS
         self.response = None
 
 
-_HANDSHAKE_DONE = Request("/", Headers())
+_NO_HEADERS = Headers()
+
+
+class _SmallQueue(list[Any]):
+    """The deque operations websockets' frame queue uses, on a list (56 bytes empty, not
+    760): it holds at most ``max_queue`` frames, so popping from the front costs nothing."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def extendleft(self, items: Any) -> None:
+        for item in items:
+            self.insert(0, item)
 
 
 def _response(status: int, data: bytes, **headers: str) -> Response:
@@ -288,14 +308,16 @@ class FanoutServer:
         assert isinstance(conn, NodeConnection)
         conn.admission = None
         conn.shed_handshake()
+        db, claims, users, jti = admission.db, admission.claims, admission.users, admission.jti
+        del admission  # this frame lives as long as the connection
         session = Session(
             conn,
-            admission.db,
-            admission.claims,
+            db,
+            claims,
             self.subscriptions,
             self.settings,
-            users=admission.users,
-            jti=admission.jti,
+            users=users,
+            jti=jti,
         )
         self.sessions.add(session)
         metrics.CONNECTIONS.inc()

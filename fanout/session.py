@@ -40,30 +40,31 @@ from fanout.wire import Outlet
 log = get_logger("fanout.session")
 
 
-class Session:
+class Session(Outlet):
     """A connection's state; implements ``fanout.wire.Member``.
 
-    Slotted, and holding only what it uses after the handshake: at 10,000 connections every
-    field is ~80 KB (``bench/fanout_memory.py``)."""
+    It is its connection's :class:`~fanout.wire.Outlet` (the broadcast path calls ``offer``
+    directly, no bound method or second object per connection), slotted, and holds only what it
+    uses after the handshake: at 10,000 connections every field is ~80 KB
+    (``bench/fanout_memory.py``)."""
 
     __slots__ = (
         "_bucket",
         "_closing",
         "_expiry",
-        "_outlet",
         "_tasks",
-        "buffered_bytes",
         "claims",
         "close_reason",
-        "conn",
         "db",
         "jti",
-        "offer",
         "settings",
         "subscriptions",
         "users",
-        "write_frame",
     )
+
+    # the Member names of the write side
+    buffered_bytes = Outlet.buffered
+    write_frame = Outlet.write
 
     def __init__(
         self,
@@ -80,8 +81,7 @@ class Session:
         self.claims = claims
         self.subscriptions = subscriptions
         self.settings = settings
-        self.conn = conn
-        self._outlet = Outlet(conn)
+        super().__init__(conn)
         self._bucket = TokenBucket(settings.client_rate, settings.client_burst)
         self._closing = False
         self.close_reason = ""
@@ -89,10 +89,6 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self.users = users or []  # the ids a revocation of its user may name
         self.jti = jti
-        # the broadcast path calls these once per delivery: bound straight to the outlet
-        self.offer: Any = self._outlet.offer
-        self.buffered_bytes: Any = self._outlet.buffered
-        self.write_frame: Any = self._outlet.write
 
     @property
     def user(self) -> str | None:
@@ -114,7 +110,7 @@ class Session:
         return self._closing
 
     async def send_frame(self, payload: bytes) -> None:
-        await self._outlet.send(payload)
+        await self.send(payload)
 
     def refund_token(self) -> None:
         self._bucket.refund()
@@ -259,10 +255,10 @@ class Session:
             async with asyncio.timeout(timeout):
                 await self.conn.close(code, reason)
         except TimeoutError:
-            self._outlet.abort()
+            self.abort()
         except Exception:
             log.exception("close_failed", peer=self.peer, db=self.db)
-            self._outlet.abort()
+            self.abort()
 
     async def _cleanup(self) -> None:
         if self._expiry is not None:
