@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ class NodeConnection(PongClock):
         # websockets keeps one deque of drain waiters per connection (~0.7 KB empty); the
         # node's sends wait on at most one at a time, and a list has the same operations
         self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
+        # and wraps its logger in an adapter that names the connection (~0.4 KB each); the node
+        # logs connections itself (structlog), websockets' own records need no per-connection tag
+        self.protocol.logger = self.logger = _WEBSOCKETS_LOG
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -80,6 +84,7 @@ class NodeConnection(PongClock):
 
 
 _NO_HEADERS = Headers()
+_WEBSOCKETS_LOG = logging.getLogger("websockets.server")
 
 
 class _SmallQueue(list[Any]):
