@@ -31,13 +31,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from fanout_bench import SECRET, build_client, pinned, rss_mb, token  # bench/, next to this
+# bench/, next to this script
+from fanout_bench import SECRET, LoadClient, build_client, pinned, rss_mb, token
 
 from devstack.ports import free_port, wait_port
 from devstack.redis_process import RedisProcess
@@ -130,8 +130,7 @@ class Node:
         raise RuntimeError("node wrote no snapshot")
 
     def rss_kb(self) -> float:
-        gc_settle = 0.5
-        time.sleep(gc_settle)
+        time.sleep(0.5)
         return rss_mb(self.proc.pid)[0] * 1024
 
     def stop(self) -> None:
@@ -143,70 +142,44 @@ class Node:
             self.proc.wait(5)
 
 
-class Clients:
-    """The C client holding ``n`` subscribed, idle connections until stopped."""
+def clients(binary: Path, cpu: str, port: int, n: int) -> LoadClient:
+    """The C client holding ``n`` subscribed, idle connections (NOLAT: nothing is sent)."""
+    path = f"/api/realtime?db=mem&auth={token()}"
+    client = LoadClient(binary, cpu, port, path, n, 1, nolat=True)
+    if not client.ready.wait(180):
+        raise RuntimeError(f"clients did not connect ({client.subscribed})")
+    return client
 
-    def __init__(self, binary: Path, cpu: str, port: int, n: int) -> None:
-        path = f"/api/realtime?db=mem&auth={token()}"
-        args = [str(binary), "127.0.0.1", str(port), path, str(n), "1", "1"]
-        self.proc = subprocess.Popen(pinned(cpu, args), stdout=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        self.subscribed = 0
-        threading.Thread(target=self._read, daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("READY"):
-                self.subscribed = int(line.split()[1])
-                self.ready.set()
-
-    def wait(self) -> int:
-        if not self.ready.wait(180):
-            raise RuntimeError("clients did not connect")
-        return self.subscribed
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def measure(
+    args: argparse.Namespace, binary: Path, url: str, tmp: Path, n: int, trace: bool
+) -> tuple[Any, Any, int]:
+    """(probe before, probe with ``n`` idle connections, connections): the probe is RSS in KB,
+    or with ``trace`` the node's snapshot. One connection comes and goes first, so imports and
+    first-use caches are in the baseline."""
+    node = Node(args, url, tmp, trace=trace)
+    probe = node.snapshot if trace else node.rss_kb
+    try:
+        clients(binary, args.load_cpu, node.port, 1).finish()
+        time.sleep(1.0)
+        before = probe()
+        load = clients(binary, args.load_cpu, node.port, n)
+        time.sleep(1.0)
+        after = probe()
+        got = load.subscribed
+        load.finish()
+    finally:
+        node.stop()
+    return before, after, got
 
 
 def per_connection(args: argparse.Namespace, binary: Path, url: str, tmp: Path, n: int) -> float:
-    node = Node(args, url, tmp, trace=False)
-    try:
-        warm = Clients(binary, args.load_cpu, node.port, 1)  # import/first-use costs out
-        warm.wait()
-        warm.stop()
-        time.sleep(1.0)
-        base = node.rss_kb()
-        clients = Clients(binary, args.load_cpu, node.port, n)
-        got = clients.wait()
-        time.sleep(1.0)
-        loaded = node.rss_kb()
-        clients.stop()
-    finally:
-        node.stop()
-    return (loaded - base) / max(got, 1)
+    base, loaded, got = measure(args, binary, url, tmp, n, trace=False)
+    return float(loaded - base) / max(got, 1)
 
 
 def breakdown(args: argparse.Namespace, binary: Path, url: str, tmp: Path, n: int) -> None:
-    node = Node(args, url, tmp, trace=True)
-    try:
-        warm = Clients(binary, args.load_cpu, node.port, 1)
-        warm.wait()
-        warm.stop()
-        time.sleep(1.0)
-        before = node.snapshot()
-        clients = Clients(binary, args.load_cpu, node.port, n)
-        got = clients.wait()
-        time.sleep(1.0)
-        after = node.snapshot()
-        clients.stop()
-    finally:
-        node.stop()
+    before, after, got = measure(args, binary, url, tmp, n, trace=True)
     lines = sorted(after["lines"], key=lambda r: -r[1])
     total = sum(r[1] for r in lines)
     print(f"\n### tracemalloc: bytes allocated per connection by source line ({got} connections)\n")
