@@ -534,7 +534,7 @@ class Profiler:
         out.parent.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or str(BIN / "py-spy")
         args = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
-        args += ["--nonblocking", "--output", str(out)]
+        args += ["--nonblocking", "--idle", "--output", str(out)]
         self.proc = subprocess.Popen(
             pinned(cpu, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -7,9 +7,9 @@ Method: ``bench/fanout_bench.py --profile DIR`` runs the case as usual (node pin
 core) while ``py-spy record --nonblocking`` samples the node at 250 Hz from the load core; this
 script reads the collapsed stacks and prints, per function, the share of samples in which it was
 the innermost Python frame (own time) and in which it was anywhere on the stack (inclusive).
-Samples where the node was idle (in ``select``) are counted separately, so the shares are of
-busy time. Kernel time inside a system call (``send``) is attributed to the Python function that
-made the call.
+Samples where the node was idle (waiting in ``select``; recorded with py-spy's ``--idle``) are
+counted separately, so the shares are of busy time. Kernel time inside a system call (``send``)
+is attributed to the Python function that made the call.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
-IDLE = ("select (selectors.py)", "_run_once (asyncio/base_events.py)")
+IDLE = "select (selectors.py)"  # the loop waiting for I/O: EpollSelector.select
 
 
 def _name(frame: str) -> str:
@@ -50,7 +50,7 @@ def read_stacks(path: Path) -> tuple[Counter[str], Counter[str], int, int]:
         frames = [f for f in frames if not f.startswith("thread ")]
         if not frames:
             continue
-        if frames[-1] == IDLE[0]:
+        if frames[-1].endswith(IDLE):
             idle += count
             continue
         busy += count
