@@ -1,8 +1,12 @@
-"""The list that stands in for websockets' frame deque behaves like the deque it replaces."""
+"""What the node assumes of websockets' internals: the list that stands in for its frame deque
+behaves like the deque, and the state attribute the broadcast path reads is the state."""
 
 from __future__ import annotations
 
 from collections import deque
+
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from fanout.server import _SmallQueue
 
@@ -21,3 +25,10 @@ def test_small_queue_matches_deque_for_the_operations_websockets_uses() -> None:
     while theirs:
         assert ours.popleft() == theirs.popleft()
     assert not ours
+
+
+def test_the_state_attribute_the_broadcast_path_reads_is_websockets_state() -> None:
+    protocol = ServerProtocol()
+    assert protocol._state is protocol.state is State.CONNECTING
+    protocol.state = State.OPEN
+    assert protocol._state is State.OPEN
