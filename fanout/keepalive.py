@@ -3,9 +3,10 @@
 websockets' own keepalive runs a task per connection (a coroutine, a sleep timer and a future
 each: ~1.5 KB of a ~17 KB connection, measured by ``bench/fanout_memory.py``). The node turns it
 off and runs :class:`KeepaliveSweep` instead: every ``FANOUT_PING_INTERVAL`` it pings every open
-connection, and ``FANOUT_PING_TIMEOUT`` later it fails, with 1011 "keepalive ping timeout" as
-websockets does, each one that has not answered with a pong since. A connection is pinged at
-most ``FANOUT_PING_INTERVAL`` after it opens (at the next sweep), as before.
+connection (500 per loop iteration, so deliveries are not held up), and ``FANOUT_PING_TIMEOUT``
+later it fails, with 1011 "keepalive ping timeout" as websockets does, each one that has not
+answered with a pong since. A connection is pinged at most ``FANOUT_PING_INTERVAL`` after it
+opens (at the next sweep), as before.
 
 A peer that missed its pong is gone (it vanished without FIN: a partition, a phone out of
 coverage, a host powered off) and will never answer a close frame, so waiting the normal
@@ -29,6 +30,7 @@ from websockets.protocol import State
 from common.logs import get_logger
 
 log = get_logger("fanout.keepalive")
+SWEEP_SLICE = 500  # connections pinged per loop iteration
 _OPEN = State.OPEN
 
 
@@ -73,17 +75,23 @@ class KeepaliveSweep:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                self.ping_all()
-            except Exception:  # a bug here must not end keepalive for the whole node
-                log.exception("keepalive_sweep_failed")
+            conns = list(self.connections())
+            # in slices, yielding in between: a sweep over 20,000 connections must not hold the
+            # loop (and every delivery) for the ~100 ms it takes in one go
+            for i in range(0, len(conns), SWEEP_SLICE):
+                try:
+                    self.ping(conns[i : i + SWEEP_SLICE])
+                except Exception:  # a bug here must not end keepalive for the whole node
+                    log.exception("keepalive_sweep_failed")
+                await asyncio.sleep(0)
 
-    def ping_all(self) -> int:
-        """Send one ping to every open connection; schedule the pong check. Returns pinged."""
+    def ping(self, conns: Iterable[PongClock]) -> int:
+        """Send one ping to each open connection of ``conns`` and schedule their pong check
+        ``timeout`` from now. Returns how many were pinged."""
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         pinged: list[PongClock] = []
-        for conn in self.connections():
+        for conn in conns:
             if conn.protocol.state is not _OPEN or conn.transport.is_closing():
                 continue
             conn.protocol.send_ping(b"")

@@ -42,7 +42,7 @@ async def test_a_peer_that_answers_is_kept() -> None:
         sweep = KeepaliveSweep(lambda: conns, 10.0, 5.0, 1.0)
         assert conn.pong_at == 0.0
         sent_at = asyncio.get_running_loop().time()
-        assert sweep.ping_all() == 1
+        assert sweep.ping(conns) == 1
         recv = asyncio.ensure_future(client.recv())  # the client answers pings while reading
         for _ in range(100):
             if conn.pong_at >= sent_at:
