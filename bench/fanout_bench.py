@@ -88,6 +88,7 @@ CASES = {
     "a500": Case("a500", 1000, 1, 500, 10),
     "b": Case("b", 1000, 100, 500, 10, note="10 clients per collection"),
     "c": Case("c", 10000, 1, 10, 10, note="10k clients"),
+    "c5": Case("c5", 10000, 1, 5, 10, note="10k clients x 5/s: 50,000 deliveries/s"),
     "cmax": Case("cmax", 19000, 1, 5, 10, note="largest: open files hard limit is 20,000"),
     "sat1": Case(
         "sat1",
@@ -573,6 +574,7 @@ def run_node_case(
             raise RuntimeError(f"{case.name}: clients did not connect ({client.subscribed})")
         time.sleep(0.5)
         redis0 = redis_counters(None if stack.cluster else stack.redis_url)
+        profiler = Profiler(a.profile, node.pid, a.load_cpu, case.name) if a.profile else None
         cpu0, t0 = tree_cpu_seconds(node.pid), time.monotonic()
         load0, back0 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
         poster = Poster(
@@ -596,6 +598,8 @@ def run_node_case(
         client.settle(planned)
         t1 = client.last_change if client.events >= planned else time.monotonic()
         cpu1 = tree_cpu_seconds(node.pid)
+        if profiler is not None:
+            profiler.stop()
         load1, back1 = cpu_seconds(client.proc.pid), stack.backing_cpu_seconds()
         redis1 = redis_counters(None if stack.cluster else stack.redis_url)
         rss, hwm = tree_rss_mb(node.pid)
@@ -647,6 +651,29 @@ def run_node_case(
         "lag99": lag99,
         "note": case.note,
     }
+
+
+class Profiler:
+    """py-spy sampling the node while a case runs (``--profile DIR``): collapsed stacks in
+    DIR/<case>-<pid>.txt, read by ``bench/profile_top.py``. Pinned with the load, non-blocking
+    (the node is not paused), so it costs the node little."""
+
+    def __init__(self, directory: str, pid: int, cpu: str | None, name: str) -> None:
+        out = Path(directory) / f"{name}-{pid}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(BIN / "py-spy")
+        args = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+        args += ["--nonblocking", "--idle", "--output", str(out)]
+        self.proc = subprocess.Popen(
+            pinned(cpu, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def run_bare(stack: Stack, client_bin: Path, case: Case) -> dict[str, Any]:
@@ -884,6 +911,12 @@ def main() -> None:
     p.add_argument("--ingest-workers", type=int, default=2)
     p.add_argument("--poster-threads", type=int, default=4)
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="sample the node with py-spy during each case into this directory "
+        "(bench/profile_top.py prints the top functions)",
+    )
     p.add_argument(
         "--nice",
         type=int,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import logging
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -30,7 +32,7 @@ from common.policy_source import policy_label
 from fanout import metrics
 from fanout.access import identities
 from fanout.hub import Hub
-from fanout.keepalive import DeadPeerConnection
+from fanout.keepalive import KeepaliveSweep, PongClock
 from fanout.revocations import Revocations
 from fanout.session import Session
 from fanout.settings import FanoutSettings
@@ -52,11 +54,50 @@ class Admission:
     jti: str | None
 
 
-class NodeConnection(DeadPeerConnection):
-    """A ServerConnection that carries its admission from the HTTP check to the handler (and
-    frees a peer that stopped answering pings quickly: ``fanout/keepalive.py``)."""
+class NodeConnection(PongClock):
+    """A ServerConnection that carries its admission from the HTTP check to the handler (its
+    pings come from the node's one sweep: ``fanout/keepalive.py``)."""
 
     admission: Admission | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # websockets keeps one deque of drain waiters per connection (~0.7 KB empty); the
+        # node's sends wait on at most one at a time, and a list has the same operations
+        self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
+        # and wraps its logger in an adapter that names the connection (~0.4 KB each); the node
+        # logs connections itself (structlog), websockets' own records need no per-connection tag
+        self.protocol.logger = self.logger = _WEBSOCKETS_LOG
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # the same for the assembler's frame queue (it holds a frame or two at a time)
+        self.recv_messages.frames.queue = cast("deque[Any]", _SmallQueue())
+
+    def shed_handshake(self) -> None:
+        """Drop the handshake's headers (~3 KB a connection). The request object itself lives
+        on in websockets' parser, so its headers are emptied rather than the object dropped."""
+        if self.request is not None:
+            self.request.headers = _NO_HEADERS
+        self.response = None
+
+
+_NO_HEADERS = Headers()
+_WEBSOCKETS_LOG = logging.getLogger("websockets.server")
+
+
+class _SmallQueue(list[Any]):
+    """The deque operations websockets' frame queue uses, on a list (56 bytes empty, not
+    760): it holds at most ``max_queue`` frames, so popping from the front costs nothing."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def extendleft(self, items: Any) -> None:
+        for item in items:
+            self.insert(0, item)
 
 
 def _response(status: int, data: bytes, **headers: str) -> Response:
@@ -94,12 +135,12 @@ class FanoutServer:
         self.revocations: Revocations | None = None
         self.draining = False
         self._server: Server | None = None
+        self._keepalive: KeepaliveSweep | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         s = self.settings
-        NodeConnection.dead_peer_close = s.slow_close_seconds
         self._server = await serve(
             self._handler,
             s.host,
@@ -109,15 +150,22 @@ class FanoutServer:
             compression=s.compression,
             max_size=s.max_frame_bytes,
             max_queue=16,
-            ping_interval=s.ping_interval,
-            ping_timeout=s.ping_timeout,
+            ping_interval=None,  # one sweep for the node instead of a task per connection
             close_timeout=min(5.0, s.drain_seconds / 2),
             open_timeout=s.open_timeout,
             server_header="vski-fanout",
             backlog=4096,
             reuse_port=s.processes > 1,  # children of one supervisor share the port
         )
+        if s.ping_interval is not None:
+            self._keepalive = KeepaliveSweep(
+                self._open_connections, s.ping_interval, s.ping_timeout, s.slow_close_seconds
+            )
+            self._keepalive.start()
         log.info("listening", bind=s.bind, compression=s.compression or "off")
+
+    def _open_connections(self) -> list[NodeConnection]:
+        return [s.conn for s in self.sessions if isinstance(s.conn, NodeConnection)]
 
     @property
     def port(self) -> int:
@@ -130,6 +178,8 @@ class FanoutServer:
             return
         timeout = self.settings.drain_seconds if timeout is None else timeout
         self.draining = True
+        if self._keepalive is not None:
+            self._keepalive.stop()
         count = len(self.sessions)
         log.info("draining", connections=count, timeout_s=timeout)
         for session in self.sessions:
@@ -260,14 +310,19 @@ class FanoutServer:
         if admission is None:  # cannot happen: process_request admits every upgrade
             await conn.close(CloseCode.INTERNAL_ERROR, "not admitted")
             return
+        assert isinstance(conn, NodeConnection)
+        conn.admission = None
+        conn.shed_handshake()
+        db, claims, users, jti = admission.db, admission.claims, admission.users, admission.jti
+        del admission  # this frame lives as long as the connection
         session = Session(
             conn,
-            admission.db,
-            admission.claims,
+            db,
+            claims,
             self.subscriptions,
             self.settings,
-            users=admission.users,
-            jti=admission.jti,
+            users=users,
+            jti=jti,
         )
         self.sessions.add(session)
         metrics.CONNECTIONS.inc()

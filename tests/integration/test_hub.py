@@ -85,6 +85,9 @@ class Member:
     def write_frame(self, frame: Any) -> bool:
         return self.outlet.write(frame)
 
+    def offer(self, frame: Any, limit: int) -> int:
+        return self.outlet.offer(frame, limit)
+
     async def send_frame(self, payload: bytes) -> None:
         await self.outlet.send(payload)
 

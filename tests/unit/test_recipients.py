@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from common.policy import View, parse_policy
 from fanout.recipients import Recipients, decode_event, visible
-from fanout.wire import Frame
+from fanout.wire import OVER_LIMIT, WRITTEN, Frame
 
 POLICY = parse_policy(
     """
@@ -44,6 +44,12 @@ class FakeMember:
     def write_frame(self, frame: Frame) -> bool:
         self.frames.append(frame)
         return True
+
+    def offer(self, frame: Frame, limit: int) -> int:
+        if self.buffered > limit:
+            return OVER_LIMIT
+        self.frames.append(frame)
+        return WRITTEN
 
     async def send_frame(self, payload: bytes) -> None:  # pragma: no cover - not used here
         raise AssertionError
