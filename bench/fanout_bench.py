@@ -100,7 +100,6 @@ CASES = {
         note="saturation, 1 event/frame",
     ),
     "single": Case("single", 1, 1, 50, 10, note="one subscriber: CPU per webhook baseline"),
-    "c5": Case("c5", 10000, 1, 5, 10, note="10k subscribers x 5 webhooks/s: 50k deliveries/s"),
     "aimpub": Case("aimpub", 1000, 1, 50, 10, policy="claimfree", note="aim, claim-free filter"),
     "a500pub": Case(
         "a500pub", 1000, 1, 500, 10, policy="claimfree", note="a500, claim-free filter"
