@@ -110,7 +110,8 @@ class Peers:
     def run(self, server: str, case: fb.Case) -> dict[str, Any]:
         if server == "vski":
             seq = self.next_seq()
-            row = fb.run_node_case(self.stack, self.client_bin, case, seq, **self.processes())
+            # run_node_case takes the bench's --processes spelling ("2", "2pin")
+            row = fb.run_node_case(self.stack, self.client_bin, case, seq, str(self.workers))
             return summary(row)
         return self.run_nchan(case)
 
