@@ -342,7 +342,7 @@ def main() -> None:
     p.add_argument("--nice", type=int, default=-10, help="as in fanout_bench.py")
     p.add_argument("--json", default=None, help="also write every run's rows to this file")
     a = p.parse_args()
-    a.redis_url = a.redis_cluster = None
+    a.redis_url = a.redis_cluster = a.profile = None  # fanout_bench options not taken here
     fb.NICE = a.nice if a.nice >= 0 or os.geteuid() == 0 else 0
     names = [n.strip() for n in a.cases.split(",") if n.strip()]
     for n in names:
