@@ -148,6 +148,7 @@ class SlotRouter:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
+        self._learning = threading.Lock()
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -191,8 +192,11 @@ class SlotRouter:
     def owner(self, slot: int) -> str:
         target = self.map.owner(slot)
         if target is None:  # first use in this process, or a slot nobody served at refresh
-            self.refresh()
-            target = self.map.owner(slot)
+            with self._learning:  # one thread asks, the others find its answer
+                target = self.map.owner(slot)
+                if target is None and self.gate.claim():
+                    self.refresh()
+                    target = self.map.owner(slot)
         if target is None:
             raise redis.exceptions.ClusterDownError(f"no primary serves slot {slot}")
         return target

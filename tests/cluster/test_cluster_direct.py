@@ -139,12 +139,13 @@ def test_unreachable_owner_opens_its_breaker_and_a_refresh_reroutes(
 
 
 def test_ask_in_a_migration_window_is_followed(cluster: RedisClusterFixture) -> None:
-    """Slot MIGRATING/IMPORTING: the old owner answers ASK (the script's channel is one of its
-    keys and is never a stored key, so some key is always missing there); ingest sends ASKING
-    + the script to the importing node on one connection, which answers TRYAGAIN (a script of
-    several keys with one missing is refused there too): a 503 that VSKI retries, nothing
-    stored twice, the table not moved. Once the slot is assigned, MOVED routes the retry to
-    the new owner, which has the events that were moved with their ids and sequence."""
+    """Slot MIGRATING/IMPORTING. The script's channel is one of its keys and never a stored
+    key, so some key is always missing: while the collection's keys are still on the old owner
+    it answers TRYAGAIN itself; once they are moved it answers ASK, and ingest sends ASKING +
+    the script on one connection to the importing node, which answers TRYAGAIN (several keys,
+    one missing). Either way a 503 that VSKI retries, nothing stored twice, the table not
+    moved. Once the slot is assigned, MOVED routes the retry to the new owner, which has the
+    moved events with their ids and sequence."""
     store = _store(cluster)
     router = store._router
     assert router is not None
@@ -164,7 +165,9 @@ def test_ask_in_a_migration_window_is_followed(cluster: RedisClusterFixture) -> 
                 with pytest.raises(redis.exceptions.TryAgainError):
                     store.append(_hook(db, coll, n))
             assert router.map.owner(slot) == src.name, step  # ASK does not move the slot
-        assert _calls(dst, "asking") == asking + 4
+            if step == "keys on the source":
+                assert _calls(dst, "asking") == asking
+        assert _calls(dst, "asking") == asking + 2  # the two appends after the keys moved
     finally:
         cluster.finish_migration(slot, src, dst)
     again, second = store.append(_hook(db, coll, 1)), store.append(_hook(db, coll, 2))
@@ -212,6 +215,7 @@ def test_live_resharding_while_webhooks_flow_stores_each_200_once(
         load.stop()
     assert cluster.owner_of(keys.stream).port == dst.port
     st = load.stats[moved]
+    print(f"\nresharded collection: answers {st.statuses}, retries {st.retries}")  # with -s
     assert st.gave_up == [] and len(st.ok) > 50, (st.statuses, ingest.log()[-2000:])
     for coll in colls:
         k = collection_keys(db, coll)
