@@ -47,7 +47,7 @@ from common.config import RetentionSettings  # noqa: E402
 from common.layout import collection_keys  # noqa: E402
 from common.messages import decode_webhook  # noqa: E402
 from devstack.redis_process import RedisProcess  # noqa: E402
-from ingest.store import APPEND, EventStore, dedupe_digest, new_epoch  # noqa: E402
+from ingest.store import APPEND, EventStore  # noqa: E402
 from tests.support.redis_cluster import redis_cluster, webhook_body  # noqa: E402
 
 COLLECTIONS = 16
@@ -64,21 +64,12 @@ def via_store(store: EventStore) -> Callable[[Any], object]:
 
 def via_cluster_client(client: Any, retention: RetentionSettings) -> Callable[[Any], object]:
     """The pre-direct cluster path: the same script and arguments through redis-py."""
-    tail = (retention.max_age_ms, retention.max_len, retention.meta_ttl_ms, retention.max_age_ms)
+    args = EventStore(client, retention).script_args  # builds the arguments, sends nothing
     client.script_load(APPEND.text)
 
     def append(hook: Any) -> object:
         keys = collection_keys(hook.database, hook.collection)
-        argv = (
-            keys.stream,
-            keys.meta,
-            keys.dedupe(dedupe_digest(hook)),
-            keys.channel,
-            hook.data_json(),
-            new_epoch(),
-            *tail,
-        )
-        return client.execute_command("EVALSHA", APPEND.sha, 4, *argv)
+        return client.execute_command("EVALSHA", APPEND.sha, 4, *args(keys, hook))
 
     return append
 

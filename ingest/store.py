@@ -125,8 +125,9 @@ class EventStore:
             breaker.trip(exc)
             raise
 
-    def _append(self, keys: Any, hook: Webhook) -> AppendResult:
-        argv = (
+    def script_args(self, keys: Any, hook: Webhook) -> tuple[Any, ...]:
+        """The append script's 4 keys and its arguments for ``hook``."""
+        return (
             keys.stream,
             keys.meta,
             keys.dedupe(dedupe_digest(hook)),
@@ -135,6 +136,9 @@ class EventStore:
             new_epoch(),
             *self._tail_args,
         )
+
+    def _append(self, keys: Any, hook: Webhook) -> AppendResult:
+        argv = self.script_args(keys, hook)
         if self._router is not None:
             result, acked = self._append_routed(self._router, keys.stream, argv)
         elif self.wait_replicas > 0:
