@@ -5,7 +5,7 @@ the same on Redis Cluster: it keeps its own slot -> primary table (``ingest/slot
 one plain connection pool per primary, and sends a collection's commands to the primary that
 owns the collection's slot (all of a collection's keys share one hash tag, so an append always
 targets one slot). That saves redis-py's cluster client per command (key extraction, node
-lookup, its retry loop): ~90 µs of CPU per webhook, measured (``bench/append_cost.py``).
+lookup, its retry loop): ~50 µs of CPU per webhook, measured (``bench/append_cost.py``).
 
 Following the cluster as it changes:
 
