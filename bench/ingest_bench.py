@@ -4,13 +4,23 @@ with JWT verification and dedupe on, against a bare Falcon app under the same gu
 
     flock /tmp/vski-bench.lock .venv/bin/python bench/ingest_bench.py [--runs 3] [--duration 10]
         [--ops-view]   # and a row with the operations view on (REALTIME_ADMIN_KEY set)
+        [--redis-cluster]  # and each ingest row again on a 3+3 Redis Cluster
 
 Each configuration gets a fresh ``redis-server`` and gunicorn on free ports; wrk (install with
 ``apt-get install -y wrk``) posts distinct webhooks (new record id and timestamp per request, 16
 collections, a valid HS256 token) over 16 connections. Configurations are interleaved within each
 repetition so that machine drift hits them alike; the table shows medians over repetitions and
 the median of the same-repetition ratios to the bare app. Server processes run on
-``--server-cpus`` and wrk on ``--wrk-cpus`` (taskset).
+``--server-cpus`` and wrk on ``--wrk-cpus`` (taskset); Redis on ``--redis-cpus`` (default: with
+the server).
+
+With ``--redis-cluster`` one Redis Cluster of 3 masters + 3 replicas
+(tests/support/redis_cluster.py) is started for the whole run, pinned like the standalone Redis,
+and every ingest row gets a twin
+``... cluster`` row right after it (``REDIS_CLUSTER=true``, flushed between rows); the ratio
+column of a twin is then its same-repetition ratio to the standalone row, so the cost of the
+cluster path shows without VM drift. Compare ``--server-cpus 0 --redis-cpus 1 --wrk-cpus 1``:
+ingest alone on one core, every Redis process with the load.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import jwt
 import redis
@@ -52,6 +63,7 @@ class Config:
     worker_class: str = "sync"
     threads: int = 1
     env: tuple[tuple[str, str], ...] = ()  # extra settings of this configuration
+    cluster: bool = False  # against the run's Redis Cluster instead of a fresh standalone Redis
 
 
 @dataclass
@@ -62,6 +74,7 @@ class Result:
     errors: int
     stored: int
     cpu_us: float  # CPU of gunicorn (master + workers) and Redis per request: noise-resistant
+    ingest_cpu_us: float  # CPU of gunicorn alone per request
 
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -91,6 +104,7 @@ def taskset(cpus: str | None) -> list[str]:
 
 
 REDIS_PIDS: list[int] = []
+CLUSTER: list[Any] = []  # the run's RedisClusterFixture, when --redis-cluster
 
 
 @contextlib.contextmanager
@@ -103,12 +117,27 @@ def redis_proc(cpus: str | None) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def cluster_proc() -> Iterator[int]:
+    """The run's cluster, emptied: yields a seed port (every node's CPU is counted)."""
+    cluster = CLUSTER[0]
+    cluster.flushall()
+    yield cluster.live()[0].port
+
+
+def redis_pids(cfg: Config) -> list[int]:
+    if cfg.cluster:
+        return [n.proc.pid for n in CLUSTER[0].nodes if n.proc is not None]
+    return [REDIS_PIDS[-1]]
+
+
+@contextlib.contextmanager
 def server_proc(cfg: Config, redis_port: int, cpus: str | None) -> Iterator[int]:
     port = free_port()
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(
         {
+            "REDIS_CLUSTER": "true" if cfg.cluster else "false",
             "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "JWT_SECRET": SECRET,
             "INGEST_BIND": f"127.0.0.1:{port}",
@@ -182,17 +211,22 @@ def run_wrk(
     raise RuntimeError(f"wrk gave no summary:\n{out.stdout}\n{out.stderr}")
 
 
-def stored_events(redis_port: int) -> int:
+def stored_events(cfg: Config, redis_port: int) -> int:
     """Events really stored: the sum of each bench collection's sequence counter."""
-    r = redis.Redis(port=redis_port)
-    return sum(int(r.hget(k, "q") or 0) for k in r.scan_iter("vski:{bench/*}:m"))
+    ports = [m.port for m in CLUSTER[0].masters()] if cfg.cluster else [redis_port]
+    total = 0
+    for p in ports:  # SCAN on one cluster node lists that node's keys only
+        r = redis.Redis(port=p)
+        total += sum(int(r.hget(k, "q") or 0) for k in r.scan_iter("vski:{bench/*}:m"))
+    return total
 
 
 def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
     token = jwt.encode(
         {"sub": "vski-master", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
     )
-    with redis_proc(args.server_cpus) as rport, server_proc(cfg, rport, args.server_cpus) as port:
+    backend = cluster_proc() if cfg.cluster else redis_proc(args.redis_cpus or args.server_cpus)
+    with backend as rport, server_proc(cfg, rport, args.server_cpus) as port:
         run_wrk(
             port,
             args.warmup,
@@ -203,9 +237,9 @@ def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
             f"w{rep}{cfg.label}",
             args.close,
         )
-        before = stored_events(rport) if cfg.app == "ingest" else 0
-        pids = [SERVER_PIDS[-1], REDIS_PIDS[-1]]
-        cpu_before = cpu_seconds(pids)
+        before = stored_events(cfg, rport) if cfg.app == "ingest" else 0
+        pids = [SERVER_PIDS[-1], *redis_pids(cfg)]
+        cpu_before, ingest_before = cpu_seconds(pids), cpu_seconds(pids[:1])
         s = run_wrk(
             port,
             args.duration,
@@ -216,8 +250,8 @@ def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
             f"m{rep}{cfg.label}",
             args.close,
         )
-        cpu = cpu_seconds(pids) - cpu_before
-        stored = stored_events(rport) - before if cfg.app == "ingest" else s["requests"]
+        cpu, ingest_cpu = cpu_seconds(pids) - cpu_before, cpu_seconds(pids[:1]) - ingest_before
+        stored = stored_events(cfg, rport) - before if cfg.app == "ingest" else s["requests"]
     errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
     return Result(
         rate=s["requests"] / (s["duration_us"] / 1e6),
@@ -226,7 +260,12 @@ def measure(cfg: Config, args: argparse.Namespace, rep: int) -> Result:
         errors=errors,
         stored=stored,
         cpu_us=cpu / max(1, s["requests"]) * 1e6,
+        ingest_cpu_us=ingest_cpu / max(1, s["requests"]) * 1e6,
     )
+
+
+def ratio_cell(values: list[float], width: int) -> str:
+    return f"{statistics.median(values):{width}.2f}" if values else f"{'-':>{width}}"
 
 
 def main() -> None:
@@ -240,6 +279,13 @@ def main() -> None:
     ap.add_argument("--gthread", default="", help="extra gthread rows as WORKERSxTHREADS,...")
     ap.add_argument("--server-cpus", default="0,1", help="taskset CPUs of Redis and gunicorn")
     ap.add_argument("--wrk-cpus", default="1", help="taskset CPUs of wrk")
+    ap.add_argument("--redis-cpus", default=None, help="taskset CPUs of Redis (default: server's)")
+    ap.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="each ingest row again on a 3+3 Redis Cluster (ratio: to the standalone row)",
+    )
+    ap.add_argument("--no-bare", action="store_true", help="leave out the bare-app floor row")
     ap.add_argument(
         "--close",
         action="store_true",
@@ -264,57 +310,91 @@ def main() -> None:
         sys.exit(str(exc))
 
     configs = [Config(f"ingest sync x{w}", "ingest", int(w)) for w in args.workers.split(",")]
-    configs.append(Config("bare sync x4", "bare", 4))
+    if not args.no_bare:
+        configs.append(Config("bare sync x4", "bare", 4))
     if args.ops_view:  # the operations view on: activity counting + the master's heartbeat
         configs.append(Config("ingest sync x4 +ops", "ingest", 4, env=OPS_VIEW_ENV))
     for spec in filter(None, args.gthread.split(",")):
         w, t = (int(x) for x in spec.split("x"))
         configs.append(Config(f"ingest gthread {w}x{t}", "ingest", w, "gthread", t))
-        configs.append(Config(f"bare gthread {w}x{t}", "bare", w, "gthread", t))
+        if not args.no_bare:
+            configs.append(Config(f"bare gthread {w}x{t}", "bare", w, "gthread", t))
+    if args.redis_cluster:  # a twin right after each ingest row: same drift
+        configs = [
+            twin
+            for c in configs
+            for twin in (c, replace(c, label=f"{c.label} cluster", cluster=True))
+            if twin is c or c.app == "ingest"
+        ]
+
+    def floor_of(cfg: Config) -> str | None:
+        """The row a configuration's ratio is to: its standalone twin, or the bare app."""
+        if cfg.cluster:
+            return cfg.label.removesuffix(" cluster")
+        if cfg.app == "bare" or args.no_bare:
+            return None
+        if cfg.worker_class == "sync":
+            return "bare sync x4"
+        return f"bare gthread {cfg.workers}x{cfg.threads}"
 
     results: dict[str, list[Result]] = {c.label: [] for c in configs}
     ratios: dict[str, list[float]] = {c.label: [] for c in configs}
-    for rep in range(args.runs):
-        this: dict[str, Result] = {}
-        for cfg in configs:
-            res = measure(cfg, args, rep)
-            this[cfg.label] = res
-            results[cfg.label].append(res)
-            print(
-                f"run {rep + 1}/{args.runs} {cfg.label:22s} {res.rate:8.0f}/s "
-                f"p50 {res.p50_ms:6.2f} ms p99 {res.p99_ms:6.2f} ms cpu {res.cpu_us:4.0f} us/req "
-                f"errors {res.errors} stored {res.stored}",
-                flush=True,
-            )
-        for cfg in configs:
-            floor = (
-                this["bare sync x4"]
-                if cfg.worker_class == "sync"
-                else this[f"bare gthread {cfg.workers}x{cfg.threads}"]
-            )
-            ratios[cfg.label].append(this[cfg.label].rate / floor.rate)
+    with contextlib.ExitStack() as stack:
+        if args.redis_cluster:
+            sys.path.insert(0, str(ROOT))
+            from tests.support.redis_cluster import redis_cluster
+
+            cluster = stack.enter_context(redis_cluster())
+            for node in cluster.nodes:
+                if node.proc is not None and taskset(args.redis_cpus or args.server_cpus):
+                    subprocess.run(
+                        ["taskset", "-pc", args.redis_cpus or args.server_cpus, str(node.proc.pid)],
+                        check=False,
+                        capture_output=True,
+                    )
+            CLUSTER.append(cluster)
+        for rep in range(args.runs):
+            this: dict[str, Result] = {}
+            for cfg in configs:
+                res = measure(cfg, args, rep)
+                this[cfg.label] = res
+                results[cfg.label].append(res)
+                print(
+                    f"run {rep + 1}/{args.runs} {cfg.label:30s} {res.rate:8.0f}/s "
+                    f"p50 {res.p50_ms:6.2f} ms p99 {res.p99_ms:6.2f} ms cpu {res.cpu_us:4.0f} "
+                    f"us/req (ingest {res.ingest_cpu_us:4.0f}) errors {res.errors} "
+                    f"stored {res.stored}",
+                    flush=True,
+                )
+            for cfg in configs:
+                floor = floor_of(cfg)
+                if floor is not None:
+                    ratios[cfg.label].append(this[cfg.label].rate / this[floor].rate)
 
     print(
         f"\nmedians of {args.runs} runs, {args.duration:g} s each, {args.connections} "
         f"connections{' (Connection: close)' if args.close else ''}, "
-        f"server CPUs {args.server_cpus}, wrk CPUs {args.wrk_cpus}"
+        f"server CPUs {args.server_cpus}, Redis CPUs {args.redis_cpus or args.server_cpus}, "
+        f"wrk CPUs {args.wrk_cpus}"
+    )
+    ratio_head = "ratio to standalone/bare" if args.redis_cluster else "ratio to bare"
+    print(
+        f"| {'configuration':30s} | webhooks/s | p50 ms | p99 ms | {ratio_head} "
+        "| server CPU µs/req | ingest CPU µs/req | errors |"
     )
     print(
-        f"| {'configuration':22s} | webhooks/s | p50 ms | p99 ms | ratio to bare "
-        "| server CPU µs/req | errors |"
-    )
-    print(
-        f"| {'-' * 22} | ---------- | ------ | ------ | ------------- "
-        "| ----------------- | ------ |"
+        f"| {'-' * 30} | ---------- | ------ | ------ | {'-' * len(ratio_head)} "
+        "| ----------------- | ----------------- | ------ |"
     )
     for cfg in configs:
         rs = results[cfg.label]
         print(
-            f"| {cfg.label:22s} | {statistics.median(r.rate for r in rs):10.0f} "
+            f"| {cfg.label:30s} | {statistics.median(r.rate for r in rs):10.0f} "
             f"| {statistics.median(r.p50_ms for r in rs):6.2f} "
             f"| {statistics.median(r.p99_ms for r in rs):6.2f} "
-            f"| {statistics.median(ratios[cfg.label]):13.2f} "
+            f"| {ratio_cell(ratios[cfg.label], len(ratio_head))} "
             f"| {statistics.median(r.cpu_us for r in rs):17.0f} "
+            f"| {statistics.median(r.ingest_cpu_us for r in rs):17.0f} "
             f"| {sum(r.errors for r in rs):6d} |"
         )
     lost = [

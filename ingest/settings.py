@@ -30,6 +30,7 @@ class IngestSettings:
     wait_replicas: int = 0
     wait_timeout_ms: int = 100
     breaker_probe_seconds: float = 1.0  # while Redis is unreachable: PING this often
+    slot_refresh_seconds: float = 1.0  # Redis Cluster: at most one slot-map refresh this often
     rate_limit: float = 0.0  # webhooks/s per sender IP per worker; 0 = off
     rate_burst: int = 1
     trusted_proxies: frozenset[str] = frozenset()  # peers whose X-Forwarded-For is believed
@@ -71,6 +72,7 @@ def load_ingest(env: Mapping[str, str] | None = None) -> IngestSettings:
         wait_replicas=wait_replicas,
         wait_timeout_ms=e.int("INGEST_WAIT_TIMEOUT_MS", 100, minimum=1),
         breaker_probe_seconds=e.float("INGEST_BREAKER_PROBE_SECONDS", 1.0, minimum=0.05),
+        slot_refresh_seconds=e.float("INGEST_SLOT_REFRESH_SECONDS", 1.0, minimum=0.01),
         rate_limit=rate,
         rate_burst=e.int("INGEST_RATE_BURST", max(1, int(rate * 2)), minimum=1),
         trusted_proxies=frozenset(e.list("INGEST_TRUSTED_PROXIES")),

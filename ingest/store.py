@@ -11,27 +11,27 @@ connection error or a timeout opens it, and while it is open webhooks are refuse
 
 With ``wait_replicas`` the script and ``WAIT`` are sent in one non-transactional pipeline, so they
 are guaranteed to run on the same connection (``WAIT`` only counts the writes of its own
-connection). On Redis Cluster the pipeline goes to the node that owns the collection's slot.
+connection). On Redis Cluster both go straight to the primary that owns the collection's slot,
+on a plain connection (``ingest/direct.py``: redirects, failover, one breaker per primary).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from common.config import RetentionSettings
 from common.layout import collection_keys
 from common.messages import Webhook
 from common.scripts import load_lua
 from ingest.breaker import Breaker, CircuitOpen
+from ingest.direct import UNREACHABLE, DirectCaller, SlotRouter
+from ingest.slot_map import slot_of
 
 __all__ = ["AppendResult", "CircuitOpen", "EventStore", "ReplicationTimeout"]
 
@@ -42,10 +42,6 @@ APPEND = load_lua("ingest", "append")
 class AppendResult:
     id: str
     duplicate: bool
-
-
-# what opens a breaker: Redis did not answer (a reply, even an error reply, means it is there)
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class ReplicationTimeout(Exception):
@@ -71,68 +67,6 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-class DirectCaller:
-    """Send one command on a connection this thread keeps, without redis-py's per-command layer
-    (retry wrapper, pool checkout, observability hooks): ~25 µs less CPU per webhook, measured.
-
-    Failure handling: a connection that was open before this call and breaks (Redis restarted,
-    an idle connection cut) is dropped and the command sent once more on a new one (safe for
-    the append script: a repeated delivery is deduplicated by it). A timeout, or a failure on a
-    fresh connection, is not retried: in a partition a retry would double the wait, and the
-    breaker and the sender's own retry take over.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self.pool = client.connection_pool
-        self._local = threading.local()
-
-    def _conn(self) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = local.conn = self.pool.get_connection()
-            local.pid = os.getpid()
-        return conn
-
-    def __call__(self, *args: Any) -> Any:
-        conn = self._conn()
-        reused = getattr(conn, "_sock", None) is not None
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except redis.TimeoutError:
-            conn.disconnect()
-            raise
-        except redis.ConnectionError:
-            conn.disconnect()
-            if not reused:
-                raise
-        try:  # a new connection; a second failure goes to the caller
-            conn.send_command(*args)
-            return conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
-            raise
-
-    def probe(self) -> None:
-        """``PING`` on a connection of its own (the breaker's probe thread calls this)."""
-        conn = getattr(self, "_probe_conn", None)
-        if conn is None:
-            conn = self._probe_conn = self.pool.make_connection()
-        try:
-            conn.send_command("PING")
-            conn.read_response()
-        finally:
-            conn.disconnect()  # probes are rare: hold no idle connection between them
-
-
-def _is_redirect(exc: BaseException) -> bool:
-    # redis-py parses "MOVED <slot> <addr>" into MovedError, whose message drops the word
-    if isinstance(exc, (MovedError, AskError)):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(("MOVED", "ASK"))
-
-
 class EventStore:
     def __init__(
         self,
@@ -144,6 +78,7 @@ class EventStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         probe_interval: float = 1.0,
+        slot_refresh_interval: float = 1.0,
     ) -> None:
         self.client = client
         self.retention = retention
@@ -152,11 +87,18 @@ class EventStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.cluster = isinstance(client, redis.RedisCluster)
-        self._direct = None if self.cluster else DirectCaller(client)
         self.probe_interval = probe_interval
-        self._breakers: dict[str, Breaker] = {}
-        if self._direct is not None:
-            self._breakers["main"] = Breaker("main", self._direct.probe, probe_interval)
+        self._router: SlotRouter | None = None
+        self._direct: DirectCaller | None = None
+        self._breakers: dict[str, Breaker]
+        if self.cluster:  # one breaker per primary, kept by the router
+            self._router = SlotRouter(
+                client, refresh_interval=slot_refresh_interval, probe_interval=probe_interval
+            )
+            self._breakers = self._router.breakers
+        else:
+            self._direct = DirectCaller(client)
+            self._breakers = {"main": Breaker("main", self._direct.probe, probe_interval)}
         # constant per process: built once instead of on every append
         self._tail_args = (
             retention.max_age_ms,
@@ -173,7 +115,9 @@ class EventStore:
         atomic) and :class:`ReplicationTimeout` when replicas did not confirm in time.
         """
         keys = collection_keys(hook.database, hook.collection, self.prefix)
-        breaker = self.breaker(keys.stream)
+        if self._router is not None:  # checks and trips the breaker of the slot's owner
+            return self._append(keys, hook)
+        breaker = self._breakers["main"]
         breaker.check()
         try:
             return self._append(keys, hook)
@@ -181,8 +125,9 @@ class EventStore:
             breaker.trip(exc)
             raise
 
-    def _append(self, keys: Any, hook: Webhook) -> AppendResult:
-        argv = (
+    def script_args(self, keys: Any, hook: Webhook) -> tuple[Any, ...]:
+        """The append script's 4 keys and its arguments for ``hook``."""
+        return (
             keys.stream,
             keys.meta,
             keys.dedupe(dedupe_digest(hook)),
@@ -191,8 +136,13 @@ class EventStore:
             new_epoch(),
             *self._tail_args,
         )
-        if self.wait_replicas > 0:
-            result, acked = self._append_and_wait(keys.stream, argv)
+
+    def _append(self, keys: Any, hook: Webhook) -> AppendResult:
+        argv = self.script_args(keys, hook)
+        if self._router is not None:
+            result, acked = self._append_routed(self._router, keys.stream, argv)
+        elif self.wait_replicas > 0:
+            result, acked = self._append_and_wait(argv)
         else:
             result, acked = self._evalsha(argv), None
         created, event_id = int(result[0]), result[1]
@@ -211,70 +161,39 @@ class EventStore:
             return call("EVALSHA", APPEND.sha, 4, *argv)
         except NoScriptError:
             # first use on this server, or Redis restarted and lost its script cache
-            if self._direct is not None:
-                self._direct("SCRIPT", "LOAD", APPEND.text)
-            else:
-                self.client.script_load(APPEND.text)  # cluster: loads on every primary
+            call("SCRIPT", "LOAD", APPEND.text)
             return call("EVALSHA", APPEND.sha, 4, *argv)
 
-    def _append_and_wait(self, stream_key: str, argv: tuple[Any, ...]) -> tuple[Any, int]:
+    def _append_routed(
+        self, router: SlotRouter, stream_key: str, argv: tuple[Any, ...]
+    ) -> tuple[Any, int | None]:
+        """Redis Cluster: the script (and ``WAIT``, on the same connection, as in
+        :meth:`_append_and_wait`) straight to the slot's primary."""
+        commands: list[tuple[Any, ...]] = [("EVALSHA", APPEND.sha, 4, *argv)]
+        if self.wait_replicas > 0:
+            commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+        replies = router.execute(slot_of(stream_key), commands, ("SCRIPT", "LOAD", APPEND.text))
+        for item in replies:
+            if isinstance(item, Exception):
+                raise item
+        return replies[0], int(replies[1]) if self.wait_replicas > 0 else None
+
+    def _append_and_wait(self, argv: tuple[Any, ...]) -> tuple[Any, int]:
         """EVALSHA + WAIT on one connection. A duplicate waits too: its event may have been
         stored by a delivery that timed out before the replicas confirmed it."""
-        target = self.client
-        if self.cluster:
-            target = self.client.get_node_from_key(stream_key).redis_connection
-        try:
-            return self._pipeline_once(target, argv)
-        except (redis.ConnectionError, redis.TimeoutError):
-            if self.cluster:
-                # the node may be gone for good (failover): relearn the slot map so that the
-                # sender's retry goes to whichever node owns the slot by then
-                with contextlib.suppress(redis.RedisError, OSError):
-                    self.client.nodes_manager.initialize()
-            raise
-        except ResponseError as exc:
-            if not (self.cluster and _is_redirect(exc)):
-                raise
-            # the slot moved (resharding, failover): learn the new layout and try once more
-            self.client.nodes_manager.initialize()
-            target = self.client.get_node_from_key(stream_key).redis_connection
-            return self._pipeline_once(target, argv)
-
-    def _pipeline_once(self, target: Any, argv: tuple[Any, ...]) -> tuple[Any, int]:
         for attempt in (1, 2):
-            pipe = target.pipeline(transaction=False)
+            pipe = self.client.pipeline(transaction=False)
             pipe.evalsha(APPEND.sha, 4, *argv)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             result, acked = pipe.execute(raise_on_error=False)
             if isinstance(result, NoScriptError) and attempt == 1:
-                target.script_load(APPEND.text)
+                self.client.script_load(APPEND.text)
                 continue
             for item in (result, acked):
                 if isinstance(item, Exception):
                     raise item
             return result, int(acked)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def breaker(self, key: str) -> Breaker:
-        """The breaker of the Redis that holds ``key`` (one in standalone mode, one per cluster
-        primary: a partitioned master does not stop webhooks for the others' slots)."""
-        if not self.cluster:
-            return self._breakers["main"]
-        name = self.client.get_node_from_key(key).name
-        found = self._breakers.get(name)
-        if found is None:
-            found = self._breakers.setdefault(
-                name, Breaker(name, lambda: self._probe_cluster_node(name), self.probe_interval)
-            )
-        return found
-
-    def _probe_cluster_node(self, name: str) -> None:
-        """Healed when the node answers, or when it no longer owns slots (failed over: the new
-        slot map sends its webhooks to the new primary)."""
-        self.client.nodes_manager.initialize()
-        owners = {nodes[0].name for nodes in self.client.nodes_manager.slots_cache.values()}
-        if name in owners:
-            self.client.get_node(node_name=name).redis_connection.ping()
 
     def open_circuit(self) -> Breaker | None:
         """An open breaker, if any (``/ready`` answers 503 at once while one is open)."""

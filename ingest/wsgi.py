@@ -36,6 +36,7 @@ _store = TrackedEventStore(
     wait_replicas=settings.wait_replicas,
     wait_timeout_ms=settings.wait_timeout_ms,
     probe_interval=settings.breaker_probe_seconds,
+    slot_refresh_interval=settings.slot_refresh_seconds,
 )
 if settings.admin_key:  # the busiest collections of /admin/collections (ingest/activity.py)
     _store.activity = Activity(_client, settings.common.redis.key_prefix)
